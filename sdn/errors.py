@@ -1,0 +1,23 @@
+"""Errors that users cause and can fix. Each message is one line naming the bad value and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SDNError(ValueError):
+    """A user mistake (bad name, bad value, missing file). The CLI prints it on one line."""
+
+
+class DataError(SDNError):
+    """A data set cannot be found or read."""
+
+
+class CheckpointError(SDNError):
+    """A checkpoint is missing, corrupted or does not fit the model asked for."""
+
+
+def choice_error(kind: str, value: object, allowed: Iterable[object]) -> SDNError:
+    """The standard "unknown X" error: names the value and every allowed one."""
+    allowed_text = ", ".join(repr(a) for a in allowed)
+    return SDNError(f"unknown {kind} {value!r}; choose one of: {allowed_text}")
