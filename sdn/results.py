@@ -31,7 +31,11 @@ class Outputs:
 
     def __post_init__(self) -> None:
         n, e = self.preds.shape
-        if self.labels.shape != (n,) or self.confidences.shape != (n, e) or self.confusion.shape != (n,):
+        if (
+            self.labels.shape != (n,)
+            or self.confidences.shape != (n, e)
+            or self.confusion.shape != (n,)
+        ):
             raise ValueError(
                 f"inconsistent Outputs shapes: labels {self.labels.shape}, preds {self.preds.shape}, "
                 f"confidences {self.confidences.shape}, confusion {self.confusion.shape}"
