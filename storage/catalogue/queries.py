@@ -1,0 +1,198 @@
+"""Read queries of the catalogue, each returning a pandas DataFrame.
+
+Filters are keyword arguments from a fixed list; each maps to a column expression written here, and
+every value is a bound parameter, so no user text ever becomes SQL. A list value means "any of".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Select, select
+
+from storage.catalogue import early_exit
+from storage.catalogue.models import (
+    ExitResult,
+    Overthinking,
+    Run,
+    Sweep,
+)
+from storage.errors import StorageError
+
+RUN_FILTERS = {
+    "arch": Run.arch,
+    "dataset": Run.dataset,
+    "mode": Run.train_mode,
+    "seed": Run.seed,
+    "status": Run.status,
+    "sweep": Sweep.name,
+    "run_id": Run.run_id,
+}
+
+# What identifies a run in every result table, in this order.
+RUN_COLUMNS = [
+    Run.run_id,
+    Sweep.name.label("sweep"),
+    Run.arch,
+    Run.dataset,
+    Run.train_mode,
+    Run.seed,
+]
+
+
+def _conditions(filters: dict[str, Any], extra: dict[str, Any] | None = None) -> list[Any]:
+    allowed = {**RUN_FILTERS, **(extra or {})}
+    conditions = []
+    for name, value in filters.items():
+        if name not in allowed:
+            raise StorageError(
+                f"unknown filter {name!r}; choose among: {', '.join(sorted(allowed))}"
+            )
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if name == "sweep":
+            # By id, so that queries need not join sweeps for every run just to filter.
+            ids = select(Sweep.id).where(Sweep.name.in_(values)).scalar_subquery()
+            conditions.append(Run.sweep_id.in_(ids))
+        else:
+            conditions.append(allowed[name].in_(values))
+    return conditions
+
+
+def frame(conn: Connection, statement: Select[Any]) -> pd.DataFrame:
+    result = conn.execute(statement)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def runs(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """One row per run: identity, grid values, status, times, MLflow/registry links, config."""
+    statement = (
+        select(
+            *RUN_COLUMNS,
+            Run.width,
+            Run.epochs,
+            Run.status,
+            Run.started_at,
+            Run.ended_at,
+            Run.mlflow_run_id,
+            Run.model_name,
+            Run.model_version,
+            Run.parquet_path,
+            Run.code_version,
+            Run.num_exits,
+            Run.cnn_flops,
+            Run.error,
+            Run.config,
+        )
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .where(*_conditions(filters))
+        .order_by(Run.run_id)
+    )
+    return frame(conn, statement)
+
+
+def exits(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """Per-exit accuracy and cost, one row per run x split x exit (``split`` is also a filter)."""
+    statement = (
+        select(
+            *RUN_COLUMNS,
+            ExitResult.split,
+            ExitResult.exit_index,
+            ExitResult.is_final,
+            ExitResult.accuracy,
+            ExitResult.cumulative_flops,
+            ExitResult.relative_cost,
+        )
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .join(ExitResult, ExitResult.run_pk == Run.id)
+        .where(*_conditions(filters, {"split": ExitResult.split}))
+        .order_by(Run.run_id, ExitResult.split, ExitResult.exit_index)
+    )
+    return frame(conn, statement)
+
+
+def overthinking(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """The overthinking summary of every matching run that has one."""
+    statement = (
+        select(
+            *RUN_COLUMNS,
+            Overthinking.first_correct,
+            Overthinking.oracle_relative_cost,
+            Overthinking.destructive_fraction,
+            Overthinking.destructive_per_ic,
+            Overthinking.confusion_auroc,
+            Overthinking.max_softmax_auroc,
+            Overthinking.confusion_mean,
+            Overthinking.confusion_std,
+        )
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .join(Overthinking, Overthinking.run_pk == Run.id)
+        .where(*_conditions(filters))
+        .order_by(Run.run_id)
+    )
+    return frame(conn, statement)
+
+
+def best_early_exit(
+    conn: Connection,
+    max_accuracy_drop: float | None = None,
+    cost_budget: float | None = None,
+    split: str = "test",
+    per_run: bool = False,
+    **filters: Any,
+) -> pd.DataFrame:
+    """The early-exit operating point chosen on validation, reported on ``split``.
+
+    Per run, the threshold is chosen on the validation curve by the rule in
+    ``storage.catalogue.early_exit`` (lowest cost within ``max_accuracy_drop`` of the final head's
+    validation accuracy, or highest accuracy within ``cost_budget``). Then, per (arch, dataset,
+    mode), the run whose chosen point is best on validation (drop: lowest val cost, then highest val
+    accuracy; budget: highest val accuracy, then lowest val cost; then run id) is kept, unless
+    ``per_run``. Runs with no point meeting the target are left out. ``split="test"`` reports that
+    run's test point at the same threshold (test figures never influence the choice).
+
+    Columns: arch, dataset, train_mode, run_id, sweep, seed, runs_in_group (runs of the group
+    that match the filters), threshold, val_accuracy, val_relative_cost, split, accuracy,
+    relative_cost, exits_per_output, final_accuracy (the final head's accuracy on ``split``),
+    accuracy_drop (final_accuracy - accuracy).
+    """
+    terms, params = _sql_conditions(filters)
+    return early_exit.best_early_exit(
+        conn, max_accuracy_drop, cost_budget, split, per_run, terms, params
+    )
+
+
+# The same filters for hand-written SQL over ``runs AS r``; values are bound as :f<n>.
+_SQL_FILTER_COLUMNS = {
+    "arch": "r.arch",
+    "dataset": "r.dataset",
+    "mode": "r.train_mode",
+    "seed": "r.seed",
+    "status": "r.status",
+    "run_id": "r.run_id",
+    "sweep": "r.sweep_id IN (SELECT id FROM sweeps WHERE name IN ({}))",
+}
+
+
+def _sql_conditions(filters: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Per filter name, a condition over ``runs AS r``; and the values they bind."""
+    terms: dict[str, str] = {}
+    params: dict[str, Any] = {}
+    for name, value in filters.items():
+        if name not in _SQL_FILTER_COLUMNS:
+            raise StorageError(
+                f"unknown filter {name!r}; choose among: {', '.join(sorted(RUN_FILTERS))}"
+            )
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        names = []
+        for v in values:
+            key = f"f{len(params)}"
+            params[key] = v
+            names.append(f":{key}")
+        column = _SQL_FILTER_COLUMNS[name]
+        placeholders = ", ".join(names)
+        if "{}" in column:
+            terms[name] = column.format(placeholders)
+        else:
+            terms[name] = f"{column} IN ({placeholders})"
+    return terms, params
