@@ -39,7 +39,7 @@ from storage.errors import StorageError, choice_error, one_line
 
 T = TypeVar("T")
 MODES = ("cnn", "ic_only", "sdn")
-STATUSES = ("pending", "running", "trained", "done", "failed")
+STATUSES = ("pending", "running", "trained", "done", "failed", "skipped")
 SPLITS = ("val", "test")
 
 

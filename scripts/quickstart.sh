@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up the environment (idempotent) and run the offline quickstart sweep: all four architectures
+# x the three training modes on scikit-learn's bundled digits, on this machine's CPUs.
+# State goes to $SDN_HOME (default ./sdn-home). Extra arguments go to `sdn sweep launch`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+exec .venv/bin/sdn sweep launch --preset quickstart "$@"

@@ -1,0 +1,129 @@
+"""End to end: a tiny sweep on a real local Ray cluster, real MLflow (SQLite), real SQLite
+catalogue and real Parquet files.
+
+2 architectures x 3 modes on a cut-down digits set, one epoch each. Checks that every cell trained,
+that ic_only started from its own cnn's weights, that Parquet holds samples x exits rows per run and
+split, that the catalogue is complete, and that each model is registered once and retrievable; then
+that launching again retrains nothing and records nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdn.data import load_dataset
+from storage.catalogue import Catalogue
+from storage.predictions import PredictionStore
+from storage.registry import Registry
+from workflows import layout
+from workflows.spec import parse_sweep
+from workflows.sweep import launch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = """
+name: tiny
+grid: {{architectures: [resnet56, mobilenet], datasets: [digits], modes: [cnn, ic_only, sdn], seeds: [0]}}
+training: {{epochs: 1, batch_size: 32, width: 0.125, train_subset: 96, val_size: 40, milestones: []}}
+resources: {{cpus_per_trial: 1, max_concurrent_trials: 2}}
+checkpoint: {{every_epochs: 1, max_failures: 1}}
+analysis: {{batch_size: 128, max_accuracy_drops: [0.01], cost_budgets: [0.5]}}
+storage: {{home: "{home}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(ray_local, tmp_path_factory):
+    home = tmp_path_factory.mktemp("sweep home")  # a space in the path, on purpose
+    spec = parse_sweep(TINY.format(home=home), "tiny.yaml")
+    outcome = launch(spec, progress=False)
+    return spec, outcome
+
+
+def test_every_cell_trained_and_analysed(swept):
+    spec, outcome = swept
+    assert outcome.ok, (outcome.failed, outcome.skipped)
+    assert sorted(outcome.trained) == sorted(c.run_id for c in spec.cells())
+    assert sorted(outcome.analysed) == sorted(c.run_id for c in spec.cells())
+
+
+def test_ic_only_starts_from_its_own_cnn(swept):
+    spec, _ = swept
+    paths = spec.storage_paths()
+    for cell in spec.cells():
+        if cell.mode != "ic_only":
+            continue
+        cnn_weights = torch.load(layout.final_dir(paths.tune, spec.name, cell.cnn_parent) / "model.pt", weights_only=True)
+        ic_weights = torch.load(layout.final_dir(paths.tune, spec.name, cell.run_id) / "model.pt", weights_only=True)
+        backbone = {k.removeprefix("backbone."): v for k, v in ic_weights.items() if k.startswith("backbone.")}
+        assert backbone.keys() == cnn_weights.keys()
+        for key, value in cnn_weights.items():  # frozen backbone: identical, BN statistics included
+            assert torch.equal(backbone[key], value), key
+
+
+def test_parquet_rows_are_samples_times_exits(swept):
+    spec, _ = swept
+    paths = spec.storage_paths()
+    splits = load_dataset("digits", val_size=40, train_subset=96)
+    store = PredictionStore(paths.predictions)
+    for cell in spec.cells():
+        for split, n in (("val", len(splits.val)), ("test", len(splits.test))):
+            out = store.read_outputs(cell.run_id, split)
+            exits = 1 if cell.mode == "cnn" else (7 if cell.arch == "resnet56" else 6)
+            assert out.num_samples == n and out.num_exits == exits
+    counts = store.duckdb(
+        "SELECT run_id, split, count(*) AS n FROM predictions GROUP BY run_id, split"
+    )
+    assert len(counts) == 2 * len(spec.cells())
+
+
+def test_catalogue_is_complete(swept):
+    spec, _ = swept
+    with Catalogue(spec.storage_paths().catalogue) as cat:
+        runs = cat.runs(sweep=spec.name)
+        assert len(runs) == 6 and set(runs["status"]) == {"done"}
+        assert runs["mlflow_run_id"].notna().all() and runs["model_version"].notna().all()
+        assert all(Path(p).is_dir() for p in runs["parquet_path"])
+        exits = cat.exits(sweep=spec.name)  # train, val and test
+        expected = sum(3 * (1 if m == "cnn" else (7 if a == "resnet56" else 6))
+                       for a, m in zip(runs["arch"], runs["train_mode"], strict=True))
+        assert len(exits) == expected
+        assert len(cat.overthinking(sweep=spec.name)) == 6
+        assert not cat.best_early_exit(max_accuracy_drop=0.5, sweep=spec.name, per_run=True).empty
+
+
+def test_models_registered_once_and_retrievable(swept):
+    spec, _ = swept
+    registry = Registry(spec.storage_paths().mlflow_tracking_uri)
+    models = registry.list_models()
+    assert len(models) == 6 and set(models["version"].astype(int)) == {1}
+    model = registry.load_module("sdn-resnet56-digits-sdn@latest")
+    x = torch.randn(4, 3, 32, 32)
+    preds, exit_idx = model.early_exit(x, threshold=0.5)
+    assert preds.shape == (4,) and int(exit_idx.max()) <= 6
+
+
+def test_relaunch_retrains_nothing_and_records_nothing_twice(swept):
+    spec, _ = swept
+    paths = spec.storage_paths()
+    before = {c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"] for c in spec.cells()}
+    outcome = launch(spec, progress=False)
+    assert outcome.ok
+    after = {c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"] for c in spec.cells()}
+    assert before == after
+    registry = Registry(paths.mlflow_tracking_uri)
+    assert set(registry.list_models()["version"].astype(int)) == {1}
+    with Catalogue(paths.catalogue) as cat:
+        assert len(cat.runs()) == 6
+        assert len(cat.sql("SELECT * FROM sweeps")) == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(paths.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name(f"sweep-{spec.name}")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 7  # one parent + one per cell
+    assert json.loads(json.dumps(outcome.trained))

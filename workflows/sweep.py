@@ -1,0 +1,429 @@
+"""The sweep driver: trains a sweep's cells on Ray Tune, analyses them on Ray tasks, and records
+everything in the catalogue (the only process that writes it).
+
+Launching and resuming are the same operation. A cell is done when its ``result.json`` marker
+exists on the shared Tune storage; each launch runs a fresh Tune experiment over the cells that are
+not done, whose trainables pick up their own checkpoints and MLflow runs. So a driver killed at any
+point is recovered by launching the same sweep again (``sdn sweep resume NAME`` does exactly that
+with the spec stored in the catalogue), and finished cells are never retrained.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sdn.errors import SDNError
+from sdn.results import RunSummary
+from workflows import layout
+from workflows.paths import StoragePaths
+from workflows.spec import Cell, SweepSpec, sweep_from_dict
+from workflows.version import code_version
+
+
+class SweepError(SDNError):
+    """A sweep cannot start or continue for a reason the user can fix."""
+
+
+class ServiceUnreachable(SweepError):
+    """Ray or MLflow could not be reached."""
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    total: int
+    trained: list[str] = field(default_factory=list)
+    analysed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+# --- preflight: nothing is written before these pass ----------------------------------------------
+
+
+def check_writable(paths: StoragePaths) -> None:
+    """Fail early, naming the path, if a storage location cannot be created or written."""
+    for label, path in (
+        ("home", paths.home),
+        ("tune", paths.tune),
+        ("predictions", paths.predictions),
+        ("catalogue", paths.catalogue.parent),
+        ("reports", paths.reports),
+    ):
+        probe = Path(path)
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise SweepError(f"storage {label} path {path} is under {probe}, which is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise SweepError(f"storage {label} path {path} is not writable (no write access to {probe})")
+
+
+def _check_tcp(address: str) -> None:
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"Ray address {address!r} is not HOST:PORT (or 'auto', or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ServiceUnreachable(
+            f"cannot reach Ray at {address} ({exc.strerror or exc}); start it with `ray start --head` "
+            "or leave out --address to run on a local Ray instance"
+        ) from None
+
+
+def connect_ray(address: str | None, env_vars: dict[str, str]) -> None:
+    """Join the given cluster (or RAY_ADDRESS, or start a local one), with workers' env set."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        _check_tcp(address)
+    runtime_env = {"env_vars": env_vars}
+    try:
+        ray.init(
+            address=address,
+            runtime_env=runtime_env,
+            include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS")) else None,
+            log_to_driver=os.environ.get("SDN_RAY_LOG_TO_DRIVER", "0") == "1",
+            logging_level="ERROR",
+        )
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnreachable(f"cannot connect to Ray at {address or 'a local instance'}: {first}") from None
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+class SweepDriver:
+    """One launch (or resume) of one sweep."""
+
+    def __init__(self, spec: SweepSpec, *, address: str | None = None, console: Console | None = None):
+        self.spec = spec
+        self.address = address
+        self.console = console or Console()
+        self.paths = spec.storage_paths()
+        self.data_root = spec.data_root()
+        self.cells: list[Cell] = spec.cells()
+        self.code_version = code_version()
+        self.catalogue = None
+        self.mlflow_client = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    # -- setup
+    def _prepare(self) -> None:
+        from storage.catalogue import Catalogue
+        from storage.mlflow_setup import ensure_tracking_store, make_client
+        from workflows import tracking
+
+        check_writable(self.paths)
+        connect_ray(
+            self.address,
+            {
+                "MLFLOW_TRACKING_URI": self.paths.mlflow_tracking_uri,
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+        for path in (self.paths.home, self.paths.tune, self.paths.predictions, self.paths.reports):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        ensure_tracking_store(self.paths.mlflow_tracking_uri)
+        self.catalogue = Catalogue(self.paths.catalogue)
+        self.catalogue.upsert_sweep(self.spec.name, self.spec.to_dict(), code_version=self.code_version)
+        self.mlflow_client = make_client(self.paths.mlflow_tracking_uri)
+        self.experiment_id = tracking.ensure_experiment(
+            self.mlflow_client, self.spec.name, self.paths.mlflow_artifacts
+        )
+        self.parent_run_id = tracking.ensure_sweep_run(
+            self.mlflow_client,
+            self.experiment_id,
+            self.spec.name,
+            {"spec_hash": self.spec.spec_hash(), "cells": len(self.cells), "code_version": self.code_version},
+        )
+        # The catalogue is derived data: MLflow keeps what ``rebuild`` needs to restore it.
+        self.mlflow_client.log_dict(self.parent_run_id, self.spec.to_dict(), tracking.SPEC_ARTIFACT)
+        if self.spec.data.download:
+            from sdn.data import load_dataset
+
+            for dataset in self.spec.grid.datasets:
+                load_dataset(dataset, root=self.data_root, download=True)
+
+    def trial_config(self, cell: Cell) -> dict[str, Any]:
+        return {
+            **cell.to_dict(),
+            "tune_root": str(self.paths.tune),
+            "data_root": self.data_root,
+            "checkpoint_every": self.spec.checkpoint.every_epochs,
+            "code_version": self.code_version,
+            "mlflow": {
+                "tracking_uri": self.paths.mlflow_tracking_uri,
+                "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id,
+            },
+        }
+
+    def _record_pending(self) -> None:
+        from storage.catalogue import RunRecord
+
+        for cell in self.cells:
+            existing = self._status(cell.run_id)
+            if existing is None:
+                self.catalogue.upsert_run(
+                    RunRecord(
+                        run_id=cell.run_id,
+                        sweep=cell.sweep,
+                        arch=cell.arch,
+                        dataset=cell.dataset,
+                        mode=cell.mode,
+                        seed=cell.seed,
+                        width=cell.train.get("width"),
+                        epochs=cell.train.get("epochs"),
+                        status="pending",
+                        code_version=self.code_version,
+                        config=self.trial_config(cell),
+                    )
+                )
+
+    def _status(self, run_id: str) -> str | None:
+        df = self.catalogue.sql("SELECT status FROM runs WHERE run_id = ?", (run_id,))
+        return None if df.empty else str(df.iloc[0]["status"])
+
+    def set_status(self, run_id: str, status: str, extra: dict[str, Any]) -> None:
+        kwargs: dict[str, Any] = {}
+        if status == "running":
+            kwargs["started_at"] = datetime.now(UTC)
+        if "error" in extra:
+            kwargs["error"] = extra["error"]
+        self.catalogue.set_status(run_id, status, **kwargs)
+
+    def _record_trained(self, cell: Cell, result: dict[str, Any]) -> None:
+        from storage.catalogue import RunRecord
+
+        cfg = result.get("config", {})
+        self.catalogue.upsert_run(
+            RunRecord(
+                run_id=cell.run_id,
+                sweep=cell.sweep,
+                arch=cell.arch,
+                dataset=cell.dataset,
+                mode=cell.mode,
+                seed=cell.seed,
+                width=cfg.get("width"),
+                epochs=result.get("epochs"),
+                status="trained",
+                ended_at=datetime.fromtimestamp(result.get("finished_at", time.time()), UTC),
+                mlflow_run_id=result.get("mlflow_run_id"),
+                model_name=result.get("model_name"),
+                model_version=result.get("model_version"),
+                code_version=self.code_version,
+                config={**self.trial_config(cell), "resolved": cfg},
+            )
+        )
+
+    # -- phases
+    def run(self, progress: bool = True) -> SweepOutcome:
+        started = time.time()
+        self._prepare()
+        self._record_pending()
+        outcome = SweepOutcome(name=self.spec.name, total=len(self.cells))
+        from workflows.progress import CellProgress, LiveBoard, SweepBoard
+
+        board = SweepBoard(title=f"sweep {self.spec.name}")
+        for cell in self.cells:
+            board.cells[cell.run_id] = CellProgress(
+                cell.run_id, cell.arch, cell.dataset, cell.mode, cell.seed, int(cell.train.get("epochs") or 0)
+            )
+        with LiveBoard(board, self.console if progress else Console(quiet=True)) as live:
+            self._train(live, outcome)
+            self._analyse(live, outcome)
+        outcome.seconds = time.time() - started
+        from workflows import tracking
+
+        tracking.finish_run(self.mlflow_client, self.parent_run_id, ok=outcome.ok)
+        return outcome
+
+    def _train(self, live, outcome: SweepOutcome) -> None:
+        done = {c.run_id for c in self.cells if layout.read_result(self.paths.tune, c.sweep, c.run_id)}
+        todo = [c for c in self.cells if c.run_id not in done]
+        for run_id in done:
+            live.board.cells[run_id].status = "trained"
+            live.board.cells[run_id].note = "earlier launch"
+        if todo:
+            self._run_tune(todo, done, live, outcome)
+        for cell in self.cells:
+            result = layout.read_result(self.paths.tune, cell.sweep, cell.run_id)
+            if result is not None:
+                live.board.cells[cell.run_id].status = "trained"
+                live.board.cells[cell.run_id].epoch = int(result.get("epochs", 0))
+                if self._status(cell.run_id) not in ("done",):
+                    self._record_trained(cell, result)
+                outcome.trained.append(cell.run_id)
+            elif cell.run_id not in outcome.skipped:
+                outcome.failed.setdefault(cell.run_id, "training did not finish")
+                self.catalogue.set_status(cell.run_id, "failed", error=outcome.failed[cell.run_id])
+        live.refresh()
+
+    def _run_tune(self, todo: list[Cell], done: set[str], live, outcome: SweepOutcome) -> None:
+        import ray
+        from ray import tune
+
+        from workflows.progress import ProgressCallback
+        from workflows.scheduling import CellSearcher
+        from workflows.trainable import train_cell
+
+        gpus = self.spec.resources.gpus_for(float(ray.cluster_resources().get("GPU", 0)))
+        trainable = tune.with_resources(train_cell, {"cpu": self.spec.resources.cpus_per_trial, "gpu": gpus})
+        searcher = CellSearcher([self.trial_config(c) for c in todo], already_done=done)
+        launch = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live table replaces Tune's output
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=len(todo),
+                max_concurrent_trials=self.spec.resources.max_concurrent_trials,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=f"launch-{launch}",
+                storage_path=str(layout.experiments_dir(self.paths.tune, self.spec.name)),
+                failure_config=tune.FailureConfig(max_failures=self.spec.checkpoint.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=self.spec.checkpoint.num_to_keep),
+                callbacks=[ProgressCallback(live, self.set_status)],
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
+        for result in results:
+            if result.error is not None:
+                run_id = (result.config or {}).get("run_id")
+                if run_id:
+                    outcome.failed[run_id] = _one_line(result.error)
+        for run_id in searcher.skipped:
+            outcome.skipped.append(run_id)
+            live.board.cells[run_id].status = "skipped"
+            live.board.cells[run_id].note = "its cnn failed"
+            self.catalogue.set_status(run_id, "skipped", error="its cnn cell failed")
+
+    def _needs_analysis(self, run_id: str) -> bool:
+        from storage.predictions import PredictionStore
+
+        if self._status(run_id) != "done":
+            return True
+        files = PredictionStore(self.paths.predictions).files_for_run(run_id)
+        return not files or not all(Path(f).exists() for f in files)
+
+    def _analyse(self, live, outcome: SweepOutcome) -> None:
+        import ray
+
+        from workflows.analysis import analyse_cell
+
+        todo = [c for c in self.cells if c.run_id in outcome.trained and self._needs_analysis(c.run_id)]
+        outcome.analysed.extend(c.run_id for c in self.cells if c.run_id in outcome.trained and c not in todo)
+        if not todo:
+            return
+        gpus = self.spec.analysis.gpus_for(float(ray.cluster_resources().get("GPU", 0)))
+        options = {
+            **self.spec.analysis.model_dump(mode="json"),
+            "predictions_root": str(self.paths.predictions),
+            "gpus": gpus,
+        }
+        remote = ray.remote(analyse_cell).options(num_cpus=1, num_gpus=gpus, max_retries=2)
+        pending = {remote.remote(self.trial_config(c), options): c for c in todo}
+        for cell in todo:
+            live.board.cells[cell.run_id].status = "analysing"
+        live.refresh()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                answer = ray.get(ready[0])
+            except Exception as exc:  # a task error is recorded against its cell, not fatal
+                outcome.failed[cell.run_id] = f"analysis failed: {_one_line(exc)}"
+                self.catalogue.set_status(cell.run_id, "failed", error=outcome.failed[cell.run_id])
+                live.board.cells[cell.run_id].status = "failed"
+                live.refresh(f"FAILED   analysis of {cell.run_id}")
+                continue
+            self._record_analysis(cell, answer)
+            outcome.analysed.append(cell.run_id)
+            live.board.cells[cell.run_id].status = "done"
+            live.refresh(f"analysed {cell.run_id}")
+
+    def _record_analysis(self, cell: Cell, answer: dict[str, Any]) -> None:
+        from workflows import tracking
+
+        summary = RunSummary.from_dict(answer["summary"])
+        result = layout.read_result(self.paths.tune, cell.sweep, cell.run_id) or {}
+        if result.get("mlflow_run_id"):
+            self.mlflow_client.log_dict(result["mlflow_run_id"], answer["summary"], tracking.SUMMARY_ARTIFACT)
+        from storage.catalogue import RunRecord
+
+        self.catalogue.record_summary(cell.run_id, summary)
+        parquet_dir = str(Path(next(iter(answer["files"].values()))).parent)
+        self.catalogue.upsert_run(
+            RunRecord(
+                run_id=cell.run_id, sweep=cell.sweep, arch=cell.arch, dataset=cell.dataset,
+                mode=cell.mode, seed=cell.seed, status="done", parquet_path=parquet_dir,
+            )
+        )
+
+
+def _trial_name(trial) -> str:
+    return str(trial.config.get("run_id", trial.trial_id)).split(".", 1)[-1]
+
+
+def _one_line(error: object) -> str:
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+# --- entry points used by the CLI -----------------------------------------------------------------
+
+
+def launch(spec: SweepSpec, *, address: str | None = None, console: Console | None = None,
+           progress: bool = True) -> SweepOutcome:
+    return SweepDriver(spec, address=address, console=console).run(progress=progress)
+
+
+def stored_spec(catalogue_path: Path, name: str) -> SweepSpec:
+    """The spec a sweep was launched with, from the catalogue (for ``sdn sweep resume``)."""
+    from storage.catalogue import Catalogue
+
+    if not Path(catalogue_path).exists():
+        raise SweepError(f"no catalogue at {catalogue_path}: nothing has been launched there (set SDN_HOME?)")
+    with Catalogue(catalogue_path) as cat:
+        df = cat.sql("SELECT name, spec FROM sweeps")
+    if name not in set(df["name"]):
+        known = ", ".join(sorted(df["name"])) or "none"
+        raise SweepError(f"unknown sweep {name!r} in {catalogue_path}; known sweeps: {known}")
+    import json
+
+    raw = df.loc[df["name"] == name, "spec"].iloc[0]
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    return sweep_from_dict(data, label=f"stored sweep {name!r}")
+
+
+OnStatus = Callable[[str, str, dict[str, Any]], None]

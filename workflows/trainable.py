@@ -1,0 +1,190 @@
+"""The Ray Tune trainable: one cell of a sweep, trained epoch by epoch.
+
+A plain function, as Tune's own examples write them. Its identity is the cell (``run_id``), not
+Tune's trial id, so that whatever runs it again (a Tune retry after a worker died, or a later
+``sdn sweep resume`` in a new Tune experiment) finds the same checkpoint directory and the same
+MLflow run, and nothing is trained or recorded twice.
+
+Checkpoints go to the cell's own directory on the shared Tune storage (see ``layout``) every
+``checkpoint_every`` epochs, atomically; Tune's checkpoint copying is not used, so one copy serves
+both Tune's retries and cross-launch resumes. A finished cell writes its final model and a
+``result.json`` marker last: the marker's presence is what "done" means.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sdn.data import load_dataset
+from sdn.training import TrainConfig, Trainer
+from workflows import layout, tracking
+
+# Per-process caches: a Tune worker process that runs several cells reuses decoded data.
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _splits_for(config: dict[str, Any], train: dict[str, Any]):
+    key = (config["dataset"], config.get("data_root"), train.get("val_size"), train.get("train_subset"))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(
+            config["dataset"],
+            root=config.get("data_root"),
+            download=False,
+            val_size=train.get("val_size"),
+            train_subset=train.get("train_subset"),
+        )
+    return _DATA_CACHE[key]
+
+
+def _train_config(config: dict[str, Any]) -> TrainConfig:
+    fields = dict(config["train"])
+    fields.update(
+        arch=config["arch"],
+        dataset=config["dataset"],
+        mode=config["mode"],
+        seed=config["seed"],
+        data_root=config.get("data_root"),
+    )
+    return TrainConfig(**fields)
+
+
+def _client(config: dict[str, Any]):
+    from mlflow import MlflowClient
+
+    uri = config["mlflow"]["tracking_uri"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def train_cell(config: dict[str, Any]) -> None:
+    """Train one cell to completion, reporting every epoch to Tune and MLflow."""
+    tune_root, sweep, run_id = config["tune_root"], config["sweep"], config["run_id"]
+    final = layout.final_dir(tune_root, sweep, run_id)
+    done = layout.read_result(tune_root, sweep, run_id)
+    if done is not None:  # finished in an earlier launch: report it and stop
+        tune.report({**done["final_metrics"], "epoch": done["epochs"], "from_earlier_launch": True})
+        return
+
+    client = _client(config)
+    mlflow_run_id, _ = tracking.ensure_cell_run(
+        client,
+        config["mlflow"]["experiment_id"],
+        config["mlflow"].get("parent_run_id"),
+        run_id,
+        tags={
+            "architecture": config["arch"],
+            "dataset": config["dataset"],
+            "mode": config["mode"],
+            "seed": str(config["seed"]),
+            tracking.SWEEP_TAG: sweep,
+            "code_version": config.get("code_version", "unknown"),
+        },
+    )
+    try:
+        _train(config, client, mlflow_run_id, final)
+    except BaseException:
+        tracking.finish_run(client, mlflow_run_id, ok=False)
+        raise
+
+
+def _train(config: dict[str, Any], client, mlflow_run_id: str, final: Path) -> None:
+    tune_root, sweep, run_id = config["tune_root"], config["sweep"], config["run_id"]
+    train_cfg = _train_config(config)
+    splits = _splits_for(config, config["train"])
+    ckpt = layout.checkpoint_dir(tune_root, sweep, run_id)
+    if (ckpt / "meta.json").exists():
+        trainer = Trainer.restore(ckpt, splits)
+    else:
+        init = None
+        if config["mode"] == "ic_only":
+            init = layout.final_dir(tune_root, sweep, config["cnn_parent"])
+        trainer = Trainer(train_cfg, splits, init_checkpoint=init)
+    resolved = trainer.config.to_dict()
+    tracking.log_params(
+        client,
+        mlflow_run_id,
+        {
+            **{f"train.{k}": v for k, v in resolved.items()},
+            "run_id": run_id,
+            "cnn_parent": config.get("cnn_parent"),
+            "code_version": config.get("code_version"),
+            "host": socket.gethostname(),
+        },
+    )
+    logged_up_to = tracking.last_logged_step(client, mlflow_run_id)
+    every = max(1, int(config.get("checkpoint_every", 1)))
+    slow = float(os.environ.get("SDN_TEST_SLOW_EPOCH_S", "0"))  # test hook: widen kill windows
+    metrics: dict[str, Any] = {}
+    while not trainer.done:
+        metrics = trainer.train_epoch()
+        if slow:
+            time.sleep(slow)
+        epoch = metrics["epoch"]
+        if epoch > logged_up_to:
+            tracking.log_epoch_metrics(client, mlflow_run_id, metrics, step=epoch)
+        if epoch % every == 0 or trainer.done:
+            trainer.save(ckpt)
+        if not trainer.done:
+            tune.report(_tune_metrics(metrics, done=False))
+
+    result = _finish(config, client, mlflow_run_id, trainer, final, metrics)
+    tune.report({**_tune_metrics(metrics, done=True), "model_version": result.get("model_version") or 0})
+
+
+def _tune_metrics(metrics: dict[str, Any], done: bool) -> dict[str, Any]:
+    # Not "done": that key is Tune's own stop signal, and would end the trial before its
+    # final model is exported and registered.
+    out: dict[str, Any] = {"trained": done}
+    for key, value in metrics.items():
+        if isinstance(value, list | tuple):
+            if value:
+                out[f"{key}_final"] = float(value[-1])
+                out[f"{key}_first"] = float(value[0])
+        else:
+            out[key] = value
+    return out
+
+
+def _finish(config, client, mlflow_run_id, trainer, final: Path, metrics) -> dict[str, Any]:
+    """Export the final model, register it, then write the done marker (last, atomically)."""
+    from storage.registry import Registry
+
+    tmp_final = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp_final, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final)
+    trainer.save(final)
+
+    registry = Registry(config["mlflow"]["tracking_uri"])
+    ref = registry.log_model(
+        trainer.model,
+        run_id=mlflow_run_id,
+        tags={
+            "architecture": config["arch"],
+            "dataset": config["dataset"],
+            "mode": config["mode"],
+            "seed": str(config["seed"]),
+            "sweep": config["sweep"],
+        },
+    )
+    tracking.finish_run(client, mlflow_run_id, ok=True)
+    result = {
+        "run_id": config["run_id"],
+        "epochs": trainer.epoch,
+        "mlflow_run_id": mlflow_run_id,
+        "model_name": ref.name,
+        "model_version": int(ref.version),
+        "final_metrics": _tune_metrics(metrics, done=True),
+        "history": trainer.history,
+        "config": trainer.config.to_dict(),
+        "finished_at": time.time(),
+    }
+    layout.write_json_atomic(final / layout.RESULT_FILE, result)
+    return result
