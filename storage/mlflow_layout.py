@@ -14,6 +14,9 @@ SWEEP_TAG = "sdn.sweep"
 KIND_TAG = "sdn.kind"
 SPEC_ARTIFACT = "sweep/spec.json"
 SUMMARY_ARTIFACT = "analysis/summary.json"
+CONFIG_ARTIFACT = "cell/config.json"  # on a cell's run: the trial config it was launched with
+ERROR_TAG = "sdn.error"  # on a cell's run: one line saying why training or analysis failed
+CODE_VERSION_TAG = "code_version"
 EXPERIMENT_PREFIX = "sweep-"
 
 

@@ -3,8 +3,8 @@ download or ../shared. Keep fixtures small and generic so that any test module c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest

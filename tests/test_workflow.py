@@ -57,9 +57,17 @@ def test_ic_only_starts_from_its_own_cnn(swept):
     for cell in spec.cells():
         if cell.mode != "ic_only":
             continue
-        cnn_weights = torch.load(layout.final_dir(paths.tune, spec.name, cell.cnn_parent) / "model.pt", weights_only=True)
-        ic_weights = torch.load(layout.final_dir(paths.tune, spec.name, cell.run_id) / "model.pt", weights_only=True)
-        backbone = {k.removeprefix("backbone."): v for k, v in ic_weights.items() if k.startswith("backbone.")}
+        cnn_weights = torch.load(
+            layout.final_dir(paths.tune, spec.name, cell.cnn_parent) / "model.pt", weights_only=True
+        )
+        ic_weights = torch.load(
+            layout.final_dir(paths.tune, spec.name, cell.run_id) / "model.pt", weights_only=True
+        )
+        backbone = {
+            k.removeprefix("backbone."): v
+            for k, v in ic_weights.items()
+            if k.startswith("backbone.")
+        }
         assert backbone.keys() == cnn_weights.keys()
         for key, value in cnn_weights.items():  # frozen backbone: identical, BN statistics included
             assert torch.equal(backbone[key], value), key
@@ -89,8 +97,10 @@ def test_catalogue_is_complete(swept):
         assert runs["mlflow_run_id"].notna().all() and runs["model_version"].notna().all()
         assert all(Path(p).is_dir() for p in runs["parquet_path"])
         exits = cat.exits(sweep=spec.name)  # train, val and test
-        expected = sum(3 * (1 if m == "cnn" else (7 if a == "resnet56" else 6))
-                       for a, m in zip(runs["arch"], runs["train_mode"], strict=True))
+        expected = sum(
+            3 * (1 if m == "cnn" else (7 if a == "resnet56" else 6))
+            for a, m in zip(runs["arch"], runs["train_mode"], strict=True)
+        )
         assert len(exits) == expected
         assert len(cat.overthinking(sweep=spec.name)) == 6
         assert not cat.best_early_exit(max_accuracy_drop=0.5, sweep=spec.name, per_run=True).empty
@@ -110,10 +120,16 @@ def test_models_registered_once_and_retrievable(swept):
 def test_relaunch_retrains_nothing_and_records_nothing_twice(swept):
     spec, _ = swept
     paths = spec.storage_paths()
-    before = {c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"] for c in spec.cells()}
+    before = {
+        c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"]
+        for c in spec.cells()
+    }
     outcome = launch(spec, progress=False)
     assert outcome.ok
-    after = {c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"] for c in spec.cells()}
+    after = {
+        c.run_id: layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"]
+        for c in spec.cells()
+    }
     assert before == after
     registry = Registry(paths.mlflow_tracking_uri)
     assert set(registry.list_models()["version"].astype(int)) == {1}

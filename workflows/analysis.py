@@ -50,7 +50,9 @@ def analyse_cell(config: dict[str, Any], options: dict[str, Any]) -> dict[str, A
             device=device,
             keep_logits=bool(options.get("keep_logits", False)),
         )
-        path = store.write(key, split, _tee(stream, parts), keep_logits=bool(options.get("keep_logits")))
+        path = store.write(
+            key, split, _tee(stream, parts), keep_logits=bool(options.get("keep_logits"))
+        )
         outputs[split] = Outputs.concat(parts)
         files[split] = str(path)
     summary = summarise(

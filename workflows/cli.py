@@ -41,7 +41,9 @@ app = typer.Typer(
 )
 sweep_app = typer.Typer(help="Launch, resume and inspect sweeps.", no_args_is_help=True)
 catalogue_app = typer.Typer(help="Query the results catalogue (SQLite).", no_args_is_help=True)
-models_app = typer.Typer(help="Registered models: list, fetch, early-exit inference.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Registered models: list, fetch, early-exit inference.", no_args_is_help=True
+)
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(models_app, name="models")
@@ -80,7 +82,10 @@ def handled(func: F) -> F:
         except Exception as exc:
             if os.environ.get("SDN_DEBUG"):
                 raise
-            fail(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set SDN_DEBUG=1 for the traceback)", 70)
+            fail(
+                f"internal error: {type(exc).__name__}: {_one_line(exc)} (set SDN_DEBUG=1 for the traceback)",
+                70,
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,11 +99,17 @@ def _one_line(exc: BaseException) -> str:
 
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", help="State directory (default: $SDN_HOME, else ./sdn-home).", show_default=False),
+    typer.Option(
+        "--home", help="State directory (default: $SDN_HOME, else ./sdn-home).", show_default=False
+    ),
 ]
 CatalogueOpt = Annotated[
     Path | None,
-    typer.Option("--catalogue", help="Catalogue file (default: HOME/catalogue.db or $SDN_CATALOGUE).", show_default=False),
+    typer.Option(
+        "--catalogue",
+        help="Catalogue file (default: HOME/catalogue.db or $SDN_CATALOGUE).",
+        show_default=False,
+    ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
@@ -132,13 +143,18 @@ def _tracking_uri(home: Path | None, tracking_uri: str | None) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     db = _home(home) / "mlflow.db"
     if not db.exists():
-        raise SDNError(f"no MLflow store at {db}; launch a sweep first, or pass --tracking-uri/--home")
+        raise SDNError(
+            f"no MLflow store at {db}; launch a sweep first, or pass --tracking-uri/--home"
+        )
     return f"sqlite:///{db}"
 
 
 TrackingOpt = Annotated[
     str | None,
-    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///HOME/mlflow.db)."),
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///HOME/mlflow.db).",
+    ),
 ]
 
 
@@ -149,7 +165,9 @@ def emit(df, fmt: Format, title: str | None = None) -> None:
     if fmt is Format.csv:
         sys.stdout.write(df.to_csv(index=False))
     elif fmt is Format.json:
-        sys.stdout.write(df.to_json(orient="records", date_format="iso", default_handler=str) + "\n")
+        sys.stdout.write(
+            df.to_json(orient="records", date_format="iso", default_handler=str) + "\n"
+        )
     else:
         from rich.table import Table
 
@@ -180,11 +198,24 @@ def _cell(value: Any) -> str:
 @sweep_app.command("launch")
 @handled
 def sweep_launch(
-    file: Annotated[Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper.")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (HOST:PORT or auto); default: $RAY_ADDRESS or a local Ray.")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster address (HOST:PORT or auto); default: $RAY_ADDRESS or a local Ray.",
+        ),
+    ] = None,
     home: HomeOpt = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Live progress table.")
+    ] = True,
 ) -> None:
     """Train, analyse and catalogue every cell of a sweep. Launching again resumes it."""
     from workflows.spec import load_preset, load_sweep
@@ -239,14 +270,32 @@ def sweep_status(
         if name and cat.sql("SELECT 1 FROM sweeps WHERE name = ?", (name,)).empty:
             raise SDNError(f"unknown sweep {name!r}; `sdn sweep list` shows the known ones")
         df = cat.runs(**filters)
-    cols = [c for c in ("run_id", "arch", "dataset", "mode", "seed", "status", "epochs", "model_name",
-                        "model_version", "started_at", "ended_at", "error") if c in df.columns]
+    cols = [
+        c
+        for c in (
+            "run_id",
+            "arch",
+            "dataset",
+            "mode",
+            "seed",
+            "status",
+            "epochs",
+            "model_name",
+            "model_version",
+            "started_at",
+            "ended_at",
+            "error",
+        )
+        if c in df.columns
+    ]
     emit(df[cols], fmt, title=f"sweep {name}" if name else "all runs")
 
 
 @sweep_app.command("list")
 @handled
-def sweep_list(home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table) -> None:
+def sweep_list(
+    home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table
+) -> None:
     """Every sweep in the catalogue with its run counts by status."""
     with open_catalogue(home, catalogue) as cat:
         df = cat.sql(
@@ -274,36 +323,71 @@ def _filters(**values: Any) -> dict[str, Any]:
 
 @catalogue_app.command("runs")
 @handled
-def catalogue_runs(arch: ArchOpt = None, dataset: DatasetOpt = None, mode: ModeOpt = None, seed: SeedOpt = None,
-                   status: StatusOpt = None, sweep: SweepOpt = None, home: HomeOpt = None,
-                   catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table) -> None:
+def catalogue_runs(
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    seed: SeedOpt = None,
+    status: StatusOpt = None,
+    sweep: SweepOpt = None,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
     """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep."""
     with open_catalogue(home, catalogue) as cat:
-        df = cat.runs(**_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, status=status, sweep=sweep))
-    emit(df.drop(columns=[c for c in ("config",) if c in df.columns and fmt is Format.table]), fmt, "runs")
+        df = cat.runs(
+            **_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, status=status, sweep=sweep)
+        )
+    emit(
+        df.drop(columns=[c for c in ("config",) if c in df.columns and fmt is Format.table]),
+        fmt,
+        "runs",
+    )
 
 
 @catalogue_app.command("exits")
 @handled
-def catalogue_exits(arch: ArchOpt = None, dataset: DatasetOpt = None, mode: ModeOpt = None, seed: SeedOpt = None,
-                    sweep: SweepOpt = None,
-                    split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
-                    home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table) -> None:
+def catalogue_exits(
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    seed: SeedOpt = None,
+    sweep: SweepOpt = None,
+    split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
     """Per-exit accuracy and cumulative cost of every run."""
     if split not in ("val", "test"):
         raise SDNError(f"unknown split {split!r}; choose one of: 'val', 'test'")
     with open_catalogue(home, catalogue) as cat:
-        df = cat.exits(**_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep, split=split))
+        df = cat.exits(
+            **_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep, split=split)
+        )
     emit(df, fmt, "per-exit accuracy")
 
 
 @catalogue_app.command("early-exit")
 @handled
 def catalogue_early_exit(
-    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Largest accuracy drop allowed vs the final head (0.01 = 1 point).")] = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="Largest average cost relative to the CNN.")] = None,
-    arch: ArchOpt = None, dataset: DatasetOpt = None, mode: ModeOpt = None, sweep: SweepOpt = None,
-    home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop", help="Largest accuracy drop allowed vs the final head (0.01 = 1 point)."
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option("--budget", help="Largest average cost relative to the CNN.")
+    ] = None,
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    sweep: SweepOpt = None,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Best early-exit operating point per (architecture, dataset, mode), chosen on validation."""
     if max_drop is None and budget is None:
@@ -314,16 +398,25 @@ def catalogue_early_exit(
         if value is not None and not 0.0 <= value <= hi:
             raise SDNError(f"{label} must be between 0 and {hi:g} (got {value:g})")
     with open_catalogue(home, catalogue) as cat:
-        df = cat.best_early_exit(max_accuracy_drop=max_drop, cost_budget=budget,
-                                 **_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep))
+        df = cat.best_early_exit(
+            max_accuracy_drop=max_drop,
+            cost_budget=budget,
+            **_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep),
+        )
     emit(df, fmt, "best early-exit operating points (test, chosen on val)")
 
 
 @catalogue_app.command("overthinking")
 @handled
-def catalogue_overthinking(arch: ArchOpt = None, dataset: DatasetOpt = None, mode: ModeOpt = None,
-                           sweep: SweepOpt = None, home: HomeOpt = None, catalogue: CatalogueOpt = None,
-                           fmt: FormatOpt = Format.table) -> None:
+def catalogue_overthinking(
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    sweep: SweepOpt = None,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
     """Overthinking summary: first-correct shares, oracle cost, destructive fraction, confusion AUROC."""
     with open_catalogue(home, catalogue) as cat:
         df = cat.overthinking(**_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep))
@@ -332,8 +425,12 @@ def catalogue_overthinking(arch: ArchOpt = None, dataset: DatasetOpt = None, mod
 
 @catalogue_app.command("sql")
 @handled
-def catalogue_sql(query: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
-                  home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table) -> None:
+def catalogue_sql(
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
     """Run a read-only SQL query on the catalogue (writes are refused by SQLite itself)."""
     with open_catalogue(home, catalogue) as cat:
         df = cat.sql(query)
@@ -342,8 +439,14 @@ def catalogue_sql(query: Annotated[str, typer.Argument(help="One read-only SQL s
 
 @catalogue_app.command("rebuild")
 @handled
-def catalogue_rebuild(home: HomeOpt = None, catalogue: CatalogueOpt = None, tracking_uri: TrackingOpt = None,
-                      predictions: Annotated[Path | None, typer.Option("--predictions", help="Parquet root (default HOME/predictions).")] = None) -> None:
+def catalogue_rebuild(
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    tracking_uri: TrackingOpt = None,
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="Parquet root (default HOME/predictions).")
+    ] = None,
+) -> None:
     """Rebuild the catalogue from the Parquet files and MLflow alone (it is derived data)."""
     from storage.catalogue.rebuild import rebuild
 
@@ -360,7 +463,9 @@ def catalogue_rebuild(home: HomeOpt = None, catalogue: CatalogueOpt = None, trac
 
 @models_app.command("list")
 @handled
-def models_list(home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = Format.table) -> None:
+def models_list(
+    home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = Format.table
+) -> None:
     """Registered models with their versions, aliases and tags."""
     from storage.registry import Registry
 
@@ -372,8 +477,12 @@ def models_list(home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: For
 @handled
 def models_get(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write the state dict and config here.")] = None,
-    home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = Format.table,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the state dict and config here.")
+    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Resolve a registered model, rebuild it, and describe it (optionally save it to a folder)."""
     import pandas as pd
@@ -383,8 +492,12 @@ def models_get(
     registry = Registry(_tracking_uri(home, tracking_uri))
     version = registry.resolve(ref)
     model = registry.load_module(version)
-    info: dict[str, Any] = {"name": version.name, "version": version.version, "run_id": version.run_id,
-                            **{f"config.{k}": v for k, v in model.config.items()}}
+    info: dict[str, Any] = {
+        "name": version.name,
+        "version": version.version,
+        "run_id": version.run_id,
+        **{f"config.{k}": v for k, v in model.config.items()},
+    }
     if hasattr(model, "exit_costs"):
         costs = model.exit_costs()
         info["relative_costs"] = [round(c / model.cnn_cost(), 4) for c in costs]
@@ -403,21 +516,41 @@ def models_get(
 @handled
 def models_predict(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID.")],
-    images: Annotated[list[Path] | None, typer.Argument(help="Image files to classify.", show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Classify a data set's split instead of files.")] = None,
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files to classify.", show_default=False)
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Classify a data set's split instead of files.")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="val or test (with --dataset).")] = "test",
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many samples.")] = 20,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="Exit at the first IC this confident (0..1).")] = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="Pick the threshold on validation for this relative cost.")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Exit at the first IC this confident (0..1)."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="Pick the threshold on validation for this relative cost."),
+    ] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Data set root.")] = None,
-    home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = Format.table,
+    home: HomeOpt = None,
+    tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Early-exit inference with a registered model: each prediction, its exit and its cost."""
     from workflows.predict import predict
 
-    df, note = predict(ref, _tracking_uri(home, tracking_uri), images=images or [], dataset=dataset,
-                       split=split, limit=limit, threshold=threshold, budget=budget,
-                       data_root=str(data_root) if data_root else None)
+    df, note = predict(
+        ref,
+        _tracking_uri(home, tracking_uri),
+        images=images or [],
+        dataset=dataset,
+        split=split,
+        limit=limit,
+        threshold=threshold,
+        budget=budget,
+        data_root=str(data_root) if data_root else None,
+    )
     emit(df, fmt, note)
 
 
@@ -428,9 +561,16 @@ def models_predict(
 @handled
 def report(
     target: Annotated[str, typer.Argument(help="A run id or a sweep name.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default HOME/reports/TARGET).")] = None,
-    home: HomeOpt = None, catalogue: CatalogueOpt = None, tracking_uri: TrackingOpt = None,
-    log_to_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the plots to MLflow.")] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the PNGs (default HOME/reports/TARGET)."),
+    ] = None,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    tracking_uri: TrackingOpt = None,
+    log_to_mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Also log the plots to MLflow.")
+    ] = True,
 ) -> None:
     """PNG plots: accuracy vs cost with operating points, per-IC accuracy, first-correct and
     confusion histograms; written to a folder and logged to MLflow."""
@@ -439,7 +579,9 @@ def report(
     with open_catalogue(home, catalogue) as cat:
         folder = (out or _home(home) / "reports" / target).absolute()
         uri = _tracking_uri(home, tracking_uri) if log_to_mlflow else None
-        files = make_report(cat, target, folder, predictions_root=_home(home) / "predictions", tracking_uri=uri)
+        files = make_report(
+            cat, target, folder, predictions_root=_home(home) / "predictions", tracking_uri=uri
+        )
     for f in files:
         console.print(str(f), highlight=False)
 

@@ -62,7 +62,9 @@ def predict(
     from storage.registry import Registry
 
     if (threshold is None) == (budget is None):
-        raise SDNError("give --threshold Q (0..1) or --budget COST (relative to the CNN), exactly one")
+        raise SDNError(
+            "give --threshold Q (0..1) or --budget COST (relative to the CNN), exactly one"
+        )
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise SDNError(f"threshold must be between 0 and 1 (got {threshold:g})")
     if budget is not None and budget <= 0:
@@ -77,7 +79,9 @@ def predict(
     model = registry.load_module(version).eval()
     trained_on = registry.version_tags(version).get("dataset") or dataset
     if trained_on is None:
-        raise SDNError(f"model {version} has no dataset tag; pass --dataset to say what it was trained on")
+        raise SDNError(
+            f"model {version} has no dataset tag; pass --dataset to say what it was trained on"
+        )
     info = dataset_info(trained_on, root=data_root)
     costs = _relative_costs(model)
 
@@ -109,8 +113,12 @@ def predict(
     final = len(costs) - 1
     rows = []
     for name, label, pred, k in zip(names, labels, preds.tolist(), exit_idx.tolist(), strict=True):
-        row = {"input": name, "prediction": pred, "exit": "final" if k == final else f"IC{k}",
-               "relative_cost": round(costs[k], 4)}
+        row = {
+            "input": name,
+            "prediction": pred,
+            "exit": "final" if k == final else f"IC{k}",
+            "relative_cost": round(costs[k], 4),
+        }
         if label is not None:
             row["label"] = label
             row["correct"] = pred == label

@@ -42,12 +42,30 @@ class SweepBoard:
 
     def table(self) -> Table:
         table = Table(title=self.title, expand=False)
-        for col in ("cell", "arch", "dataset", "mode", "seed", "status", "epoch", "loss", "val acc (final)", "time"):
-            table.add_column(col, justify="right" if col in {"seed", "epoch", "loss", "val acc (final)", "time"} else "left")
+        for col in (
+            "cell",
+            "arch",
+            "dataset",
+            "mode",
+            "seed",
+            "status",
+            "epoch",
+            "loss",
+            "val acc (final)",
+            "time",
+        ):
+            table.add_column(
+                col,
+                justify="right"
+                if col in {"seed", "epoch", "loss", "val acc (final)", "time"}
+                else "left",
+            )
         now = time.time()
         for c in self.cells.values():
             elapsed = f"{now - c.started:.0f}s" if c.started and c.status == "running" else ""
-            style = {"failed": "red", "skipped": "yellow", "done": "green", "trained": "cyan"}.get(c.status)
+            style = {"failed": "red", "skipped": "yellow", "done": "green", "trained": "cyan"}.get(
+                c.status
+            )
             table.add_row(
                 c.run_id.split(".", 1)[-1],
                 c.arch,
@@ -136,7 +154,9 @@ class ProgressCallback(Callback):
         cell = self._cell(trial)
         if cell:
             cell.status, cell.note = "failed", "see sdn sweep status"
-            self.on_status(cell.run_id, "failed", {"error": str(getattr(trial, "error_msg", "") or "")[:500]})
+            self.on_status(
+                cell.run_id, "failed", {"error": str(getattr(trial, "error_msg", "") or "")[:500]}
+            )
             self.live.refresh(f"FAILED   {cell.run_id}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -39,7 +39,9 @@ def _curve(cat, run_id: str) -> pd.DataFrame:
 
 
 def _plot_cost_accuracy(ax, curve: pd.DataFrame, label: str, marks: bool) -> None:
-    test = curve[(curve["split"] == "test") & curve["objective"].isna()].sort_values("relative_cost")
+    test = curve[(curve["split"] == "test") & curve["objective"].isna()].sort_values(
+        "relative_cost"
+    )
     if test.empty:
         return
     (line,) = ax.plot(test["relative_cost"], 100 * test["accuracy"], "-", lw=1.2, label=label)
@@ -47,8 +49,13 @@ def _plot_cost_accuracy(ax, curve: pd.DataFrame, label: str, marks: bool) -> Non
         chosen = curve[(curve["split"] == "test") & curve["objective"].notna()]
         for row in chosen.itertuples(index=False):
             ax.plot(row.relative_cost, 100 * row.accuracy, "o", color=line.get_color(), ms=5)
-            ax.annotate(str(row.objective), (row.relative_cost, 100 * row.accuracy), fontsize=6,
-                        xytext=(3, -8), textcoords="offset points")
+            ax.annotate(
+                str(row.objective),
+                (row.relative_cost, 100 * row.accuracy),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
 
 
 def _finish(fig, path: Path, files: list[Path]) -> None:
@@ -66,15 +73,21 @@ def run_report(cat, run, folder: Path, predictions_root: Path | None) -> list[Pa
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     _plot_cost_accuracy(ax, _curve(cat, run.run_id), label, marks=True)
-    ax.set(xlabel="average cost relative to the CNN", ylabel="test accuracy (%)",
-           title=f"early exit: {label}\n(dots: thresholds chosen on validation)")
+    ax.set(
+        xlabel="average cost relative to the CNN",
+        ylabel="test accuracy (%)",
+        title=f"early exit: {label}\n(dots: thresholds chosen on validation)",
+    )
     ax.grid(alpha=0.3)
     _finish(fig, folder / "accuracy_vs_cost.png", files)
 
     exits = cat.exits(run_id=run.run_id)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for split, rows in exits.groupby("split"):
-        names = ["final" if f else f"IC{i}" for i, f in zip(rows["exit_index"], rows["is_final"], strict=True)]
+        names = [
+            "final" if f else f"IC{i}"
+            for i, f in zip(rows["exit_index"], rows["is_final"], strict=True)
+        ]
         ax.plot(names, 100 * rows["accuracy"], "o-", label=split)
     ax.set(ylabel="accuracy (%)", title=f"per-exit accuracy: {label}")
     ax.legend()
@@ -89,9 +102,11 @@ def run_report(cat, run, folder: Path, predictions_root: Path | None) -> list[Pa
         fig, ax = plt.subplots(figsize=(5.5, 4))
         total = max(1, sum(counts))
         ax.bar(names, [100 * c / total for c in counts], color="tab:blue")
-        ax.set(ylabel="test samples (%)",
-               title=f"first correct output (wasteful overthinking): {label}\n"
-                     f"destructive: {100 * o['destructive_fraction']:.1f}% of final-head errors")
+        ax.set(
+            ylabel="test samples (%)",
+            title=f"first correct output (wasteful overthinking): {label}\n"
+            f"destructive: {100 * o['destructive_fraction']:.1f}% of final-head errors",
+        )
         _finish(fig, folder / "first_correct.png", files)
         if predictions_root is not None:
             path = _confusion_histogram(run, o, predictions_root, folder, label)
@@ -117,8 +132,13 @@ def _confusion_histogram(run, o, predictions_root: Path, folder: Path, label: st
     ax.hist(score[right], bins=bins, alpha=0.6, density=True, label="final head right")
     ax.hist(score[~right], bins=bins, alpha=0.6, density=True, label="final head wrong")
     auroc = o["confusion_auroc"]
-    ax.set(xlabel="standardised confusion score", ylabel="density",
-           title=f"confusion: {label}\nAUROC {auroc:.2f}" if auroc is not None else f"confusion: {label}")
+    ax.set(
+        xlabel="standardised confusion score",
+        ylabel="density",
+        title=f"confusion: {label}\nAUROC {auroc:.2f}"
+        if auroc is not None
+        else f"confusion: {label}",
+    )
     ax.legend()
     path = folder / "confusion.png"
     fig.tight_layout()
@@ -127,13 +147,20 @@ def _confusion_histogram(run, o, predictions_root: Path, folder: Path, label: st
     return path
 
 
-def make_report(cat, target: str, folder: Path, predictions_root: Path | None = None,
-                tracking_uri: str | None = None) -> list[Path]:
+def make_report(
+    cat,
+    target: str,
+    folder: Path,
+    predictions_root: Path | None = None,
+    tracking_uri: str | None = None,
+) -> list[Path]:
     """Plots for a run id or a sweep name; logged to MLflow when a tracking URI is given."""
     runs = cat.runs(run_id=target)
     sweep_runs = cat.runs(sweep=target) if runs.empty else runs.iloc[0:0]
     if runs.empty and sweep_runs.empty:
-        raise SDNError(f"no run or sweep named {target!r} in the catalogue; see `sdn sweep list` / `sdn catalogue runs`")
+        raise SDNError(
+            f"no run or sweep named {target!r} in the catalogue; see `sdn sweep list` / `sdn catalogue runs`"
+        )
     files: list[Path] = []
     if not runs.empty:
         files += run_report(cat, runs.iloc[0], folder, predictions_root)
@@ -141,18 +168,25 @@ def make_report(cat, target: str, folder: Path, predictions_root: Path | None = 
     else:
         done = sweep_runs[sweep_runs["status"] == "done"]
         if done.empty:
-            raise SDNError(f"sweep {target!r} has no analysed runs yet; `sdn sweep status {target}` shows why")
+            raise SDNError(
+                f"sweep {target!r} has no analysed runs yet; `sdn sweep status {target}` shows why"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(7, 5))
         for run in done.itertuples(index=False):
             _plot_cost_accuracy(ax, _curve(cat, run.run_id), _label(run), marks=False)
-        ax.set(xlabel="average cost relative to the CNN", ylabel="test accuracy (%)",
-               title=f"early exit across sweep {target}")
+        ax.set(
+            xlabel="average cost relative to the CNN",
+            ylabel="test accuracy (%)",
+            title=f"early exit across sweep {target}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         _finish(fig, folder / "accuracy_vs_cost.png", files)
         for run in done.itertuples(index=False):
-            files += run_report(cat, run, folder / _safe(run.run_id.split(".", 1)[-1]), predictions_root)
+            files += run_report(
+                cat, run, folder / _safe(run.run_id.split(".", 1)[-1]), predictions_root
+            )
         mlflow_run = _sweep_parent_run(tracking_uri, target) if tracking_uri else None
     if tracking_uri and mlflow_run:
         _log_to_mlflow(tracking_uri, mlflow_run, folder, files)
@@ -176,4 +210,6 @@ def _log_to_mlflow(tracking_uri: str, mlflow_run_id: str, folder: Path, files: l
     client = make_client(tracking_uri)
     for f in files:
         rel = f.parent.relative_to(folder)
-        client.log_artifact(mlflow_run_id, str(f), artifact_path=str(Path("report") / rel).rstrip("/."))
+        client.log_artifact(
+            mlflow_run_id, str(f), artifact_path=str(Path("report") / rel).rstrip("/.")
+        )

@@ -50,7 +50,9 @@ class CellSearcher(Searcher):
                 return config
         return None  # only ic_only cells left, waiting on a running cnn cell
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         run_id = self._by_trial.get(trial_id)
         if run_id is None:
             return

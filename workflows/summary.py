@@ -26,8 +26,12 @@ def print_summary(spec: SweepSpec, outcome: SweepOutcome, console: Console) -> N
     console.print(exit_table(exits))
     console.print(early_exit_table(points, over))
     minutes = outcome.seconds / 60
-    status = "all cells done" if outcome.ok else (
-        f"{len(outcome.failed)} failed, {len(outcome.skipped)} skipped: see `sdn sweep status {spec.name}`"
+    status = (
+        "all cells done"
+        if outcome.ok
+        else (
+            f"{len(outcome.failed)} failed, {len(outcome.skipped)} skipped: see `sdn sweep status {spec.name}`"
+        )
     )
     console.print(
         f"sweep {spec.name}: {len(outcome.analysed)}/{outcome.total} cells analysed in {minutes:.1f} min; {status}",
@@ -49,7 +53,9 @@ def exit_table(exits) -> Table:
     for k in range(width - 1):
         table.add_column(f"IC{k}", justify="right")
     table.add_column("final", justify="right")
-    for (arch, dataset, mode, seed), rows in exits.groupby(["arch", "dataset", "train_mode", "seed"], sort=True):
+    for (arch, dataset, mode, seed), rows in exits.groupby(
+        ["arch", "dataset", "train_mode", "seed"], sort=True
+    ):
         accs = dict(zip(rows["exit_index"], rows["accuracy"], strict=True))
         final = float(rows.loc[rows["is_final"].astype(bool), "accuracy"].iloc[0])
         cells = [_pct(accs.get(k)) if k < len(accs) - 1 else "" for k in range(width - 1)]
@@ -59,19 +65,43 @@ def exit_table(exits) -> Table:
 
 def early_exit_table(points, over) -> Table:
     """The threshold chosen on validation (<= 1 point below the final head) and its test result."""
-    table = Table(title="early exit: threshold chosen on validation (max 1-point drop), test results")
-    for col in ("arch", "dataset", "mode", "seed", "q", "test acc %", "final acc %", "rel. cost",
-                "exits per output", "destructive %", "conf. AUROC", "max-softmax AUROC"):
+    table = Table(
+        title="early exit: threshold chosen on validation (max 1-point drop), test results"
+    )
+    for col in (
+        "arch",
+        "dataset",
+        "mode",
+        "seed",
+        "q",
+        "test acc %",
+        "final acc %",
+        "rel. cost",
+        "exits per output",
+        "destructive %",
+        "conf. AUROC",
+        "max-softmax AUROC",
+    ):
         table.add_column(col, justify="right" if col not in ("arch", "dataset", "mode") else "left")
-    over_by_run = {row.run_id: row for row in over.itertuples(index=False)} if not over.empty else {}
+    over_by_run = (
+        {row.run_id: row for row in over.itertuples(index=False)} if not over.empty else {}
+    )
     for row in points.itertuples(index=False):
         o = over_by_run.get(row.run_id)
         table.add_row(
-            row.arch, row.dataset, row.train_mode, str(row.seed), f"{row.threshold:.2f}",
-            _pct(row.accuracy), _pct(row.final_accuracy), f"{row.relative_cost:.2f}",
+            row.arch,
+            row.dataset,
+            row.train_mode,
+            str(row.seed),
+            f"{row.threshold:.2f}",
+            _pct(row.accuracy),
+            _pct(row.final_accuracy),
+            f"{row.relative_cost:.2f}",
             "/".join(str(n) for n in row.exits_per_output),
             _pct(getattr(o, "destructive_fraction", None)),
             f"{o.confusion_auroc:.2f}" if o is not None and o.confusion_auroc is not None else "",
-            f"{o.max_softmax_auroc:.2f}" if o is not None and o.max_softmax_auroc is not None else "",
+            f"{o.max_softmax_auroc:.2f}"
+            if o is not None and o.max_softmax_auroc is not None
+            else "",
         )
     return table

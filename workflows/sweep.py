@@ -70,16 +70,22 @@ def check_writable(paths: StoragePaths) -> None:
                 break
             probe = probe.parent
         if not probe.is_dir():
-            raise SweepError(f"storage {label} path {path} is under {probe}, which is not a directory")
+            raise SweepError(
+                f"storage {label} path {path} is under {probe}, which is not a directory"
+            )
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise SweepError(f"storage {label} path {path} is not writable (no write access to {probe})")
+            raise SweepError(
+                f"storage {label} path {path} is not writable (no write access to {probe})"
+            )
 
 
 def _check_tcp(address: str) -> None:
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise SweepError(f"Ray address {address!r} is not HOST:PORT (or 'auto', or ray://HOST:PORT)")
+        raise SweepError(
+            f"Ray address {address!r} is not HOST:PORT (or 'auto', or ray://HOST:PORT)"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=3):
             pass
@@ -109,7 +115,9 @@ def connect_ray(address: str | None, env_vars: dict[str, str]) -> None:
         )
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ServiceUnreachable(f"cannot connect to Ray at {address or 'a local instance'}: {first}") from None
+        raise ServiceUnreachable(
+            f"cannot connect to Ray at {address or 'a local instance'}: {first}"
+        ) from None
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -118,7 +126,9 @@ def connect_ray(address: str | None, env_vars: dict[str, str]) -> None:
 class SweepDriver:
     """One launch (or resume) of one sweep."""
 
-    def __init__(self, spec: SweepSpec, *, address: str | None = None, console: Console | None = None):
+    def __init__(
+        self, spec: SweepSpec, *, address: str | None = None, console: Console | None = None
+    ):
         self.spec = spec
         self.address = address
         self.console = console or Console()
@@ -150,7 +160,9 @@ class SweepDriver:
             Path(path).mkdir(parents=True, exist_ok=True)
         ensure_tracking_store(self.paths.mlflow_tracking_uri)
         self.catalogue = Catalogue(self.paths.catalogue)
-        self.catalogue.upsert_sweep(self.spec.name, self.spec.to_dict(), code_version=self.code_version)
+        self.catalogue.upsert_sweep(
+            self.spec.name, self.spec.to_dict(), code_version=self.code_version
+        )
         self.mlflow_client = make_client(self.paths.mlflow_tracking_uri)
         self.experiment_id = tracking.ensure_experiment(
             self.mlflow_client, self.spec.name, self.paths.mlflow_artifacts
@@ -159,7 +171,11 @@ class SweepDriver:
             self.mlflow_client,
             self.experiment_id,
             self.spec.name,
-            {"spec_hash": self.spec.spec_hash(), "cells": len(self.cells), "code_version": self.code_version},
+            {
+                "spec_hash": self.spec.spec_hash(),
+                "cells": len(self.cells),
+                "code_version": self.code_version,
+            },
         )
         # The catalogue is derived data: MLflow keeps what ``rebuild`` needs to restore it.
         self.mlflow_client.log_dict(self.parent_run_id, self.spec.to_dict(), tracking.SPEC_ARTIFACT)
@@ -252,7 +268,12 @@ class SweepDriver:
         board = SweepBoard(title=f"sweep {self.spec.name}")
         for cell in self.cells:
             board.cells[cell.run_id] = CellProgress(
-                cell.run_id, cell.arch, cell.dataset, cell.mode, cell.seed, int(cell.train.get("epochs") or 0)
+                cell.run_id,
+                cell.arch,
+                cell.dataset,
+                cell.mode,
+                cell.seed,
+                int(cell.train.get("epochs") or 0),
             )
         with LiveBoard(board, self.console if progress else Console(quiet=True)) as live:
             self._train(live, outcome)
@@ -264,7 +285,9 @@ class SweepDriver:
         return outcome
 
     def _train(self, live, outcome: SweepOutcome) -> None:
-        done = {c.run_id for c in self.cells if layout.read_result(self.paths.tune, c.sweep, c.run_id)}
+        done = {
+            c.run_id for c in self.cells if layout.read_result(self.paths.tune, c.sweep, c.run_id)
+        }
         todo = [c for c in self.cells if c.run_id not in done]
         for run_id in done:
             live.board.cells[run_id].status = "trained"
@@ -293,10 +316,14 @@ class SweepDriver:
         from workflows.trainable import train_cell
 
         gpus = self.spec.resources.gpus_for(float(ray.cluster_resources().get("GPU", 0)))
-        trainable = tune.with_resources(train_cell, {"cpu": self.spec.resources.cpus_per_trial, "gpu": gpus})
+        trainable = tune.with_resources(
+            train_cell, {"cpu": self.spec.resources.cpus_per_trial, "gpu": gpus}
+        )
         searcher = CellSearcher([self.trial_config(c) for c in todo], already_done=done)
         launch = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live table replaces Tune's output
+        os.environ.setdefault(
+            "RAY_AIR_NEW_OUTPUT", "0"
+        )  # our own live table replaces Tune's output
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -310,7 +337,9 @@ class SweepDriver:
                 name=f"launch-{launch}",
                 storage_path=str(layout.experiments_dir(self.paths.tune, self.spec.name)),
                 failure_config=tune.FailureConfig(max_failures=self.spec.checkpoint.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=self.spec.checkpoint.num_to_keep),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=self.spec.checkpoint.num_to_keep
+                ),
                 callbacks=[ProgressCallback(live, self.set_status)],
                 verbose=0,
             ),
@@ -338,10 +367,15 @@ class SweepDriver:
     def _analyse(self, live, outcome: SweepOutcome) -> None:
         import ray
 
+        from workflows import tracking
         from workflows.analysis import analyse_cell
 
-        todo = [c for c in self.cells if c.run_id in outcome.trained and self._needs_analysis(c.run_id)]
-        outcome.analysed.extend(c.run_id for c in self.cells if c.run_id in outcome.trained and c not in todo)
+        todo = [
+            c for c in self.cells if c.run_id in outcome.trained and self._needs_analysis(c.run_id)
+        ]
+        outcome.analysed.extend(
+            c.run_id for c in self.cells if c.run_id in outcome.trained and c not in todo
+        )
         if not todo:
             return
         gpus = self.spec.analysis.gpus_for(float(ray.cluster_resources().get("GPU", 0)))
@@ -363,6 +397,11 @@ class SweepDriver:
             except Exception as exc:  # a task error is recorded against its cell, not fatal
                 outcome.failed[cell.run_id] = f"analysis failed: {_one_line(exc)}"
                 self.catalogue.set_status(cell.run_id, "failed", error=outcome.failed[cell.run_id])
+                result = layout.read_result(self.paths.tune, cell.sweep, cell.run_id) or {}
+                if result.get("mlflow_run_id"):
+                    self.mlflow_client.set_tag(
+                        result["mlflow_run_id"], tracking.ERROR_TAG, outcome.failed[cell.run_id]
+                    )
                 live.board.cells[cell.run_id].status = "failed"
                 live.refresh(f"FAILED   analysis of {cell.run_id}")
                 continue
@@ -377,15 +416,23 @@ class SweepDriver:
         summary = RunSummary.from_dict(answer["summary"])
         result = layout.read_result(self.paths.tune, cell.sweep, cell.run_id) or {}
         if result.get("mlflow_run_id"):
-            self.mlflow_client.log_dict(result["mlflow_run_id"], answer["summary"], tracking.SUMMARY_ARTIFACT)
+            self.mlflow_client.log_dict(
+                result["mlflow_run_id"], answer["summary"], tracking.SUMMARY_ARTIFACT
+            )
         from storage.catalogue import RunRecord
 
         self.catalogue.record_summary(cell.run_id, summary)
         parquet_dir = str(Path(next(iter(answer["files"].values()))).parent)
         self.catalogue.upsert_run(
             RunRecord(
-                run_id=cell.run_id, sweep=cell.sweep, arch=cell.arch, dataset=cell.dataset,
-                mode=cell.mode, seed=cell.seed, status="done", parquet_path=parquet_dir,
+                run_id=cell.run_id,
+                sweep=cell.sweep,
+                arch=cell.arch,
+                dataset=cell.dataset,
+                mode=cell.mode,
+                seed=cell.seed,
+                status="done",
+                parquet_path=parquet_dir,
             )
         )
 
@@ -403,8 +450,13 @@ def _one_line(error: object) -> str:
 # --- entry points used by the CLI -----------------------------------------------------------------
 
 
-def launch(spec: SweepSpec, *, address: str | None = None, console: Console | None = None,
-           progress: bool = True) -> SweepOutcome:
+def launch(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> SweepOutcome:
     return SweepDriver(spec, address=address, console=console).run(progress=progress)
 
 
@@ -413,7 +465,9 @@ def stored_spec(catalogue_path: Path, name: str) -> SweepSpec:
     from storage.catalogue import Catalogue
 
     if not Path(catalogue_path).exists():
-        raise SweepError(f"no catalogue at {catalogue_path}: nothing has been launched there (set SDN_HOME?)")
+        raise SweepError(
+            f"no catalogue at {catalogue_path}: nothing has been launched there (set SDN_HOME?)"
+        )
     with Catalogue(catalogue_path) as cat:
         df = cat.sql("SELECT name, spec FROM sweeps")
     if name not in set(df["name"]):

@@ -17,6 +17,9 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from storage.mlflow_layout import (  # noqa: F401  (re-exported for workflows)
+    CODE_VERSION_TAG,
+    CONFIG_ARTIFACT,
+    ERROR_TAG,
     KIND_TAG,
     RUN_ID_TAG,
     SPEC_ARTIFACT,
@@ -26,7 +29,9 @@ from storage.mlflow_layout import (  # noqa: F401  (re-exported for workflows)
 )
 
 
-def _find_run(client: MlflowClient, experiment_id: str, tag: str, value: str, kind: str) -> str | None:
+def _find_run(
+    client: MlflowClient, experiment_id: str, tag: str, value: str, kind: str
+) -> str | None:
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{tag}` = '{value}' and tags.`{KIND_TAG}` = '{kind}'",
@@ -42,18 +47,25 @@ def ensure_experiment(client: MlflowClient, sweep: str, artifact_location: str |
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location, tags={SWEEP_TAG: sweep})
+    return client.create_experiment(
+        name, artifact_location=artifact_location, tags={SWEEP_TAG: sweep}
+    )
 
 
-def ensure_sweep_run(client: MlflowClient, experiment_id: str, sweep: str, params: Mapping[str, Any]) -> str:
+def ensure_sweep_run(
+    client: MlflowClient, experiment_id: str, sweep: str, params: Mapping[str, Any]
+) -> str:
     """The sweep's parent run: the existing one when the sweep is resumed."""
     found = _find_run(client, experiment_id, SWEEP_TAG, sweep, "sweep")
     if found:
         client.update_run(found, status="RUNNING")
+        if params.get("code_version"):  # a resume may run newer code: the tag says which
+            client.set_tag(found, CODE_VERSION_TAG, str(params["code_version"]))
         return found
-    run = client.create_run(
-        experiment_id, tags={SWEEP_TAG: sweep, KIND_TAG: "sweep", MLFLOW_RUN_NAME: sweep}
-    )
+    tags = {SWEEP_TAG: sweep, KIND_TAG: "sweep", MLFLOW_RUN_NAME: sweep}
+    if params.get("code_version"):
+        tags[CODE_VERSION_TAG] = str(params["code_version"])
+    run = client.create_run(experiment_id, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
@@ -87,7 +99,9 @@ def log_params(client: MlflowClient, mlflow_run_id: str, params: Mapping[str, An
         client.log_batch(mlflow_run_id, params=items[start : start + 100])
 
 
-def log_epoch_metrics(client: MlflowClient, mlflow_run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+def log_epoch_metrics(
+    client: MlflowClient, mlflow_run_id: str, metrics: Mapping[str, Any], step: int
+) -> None:
     """Flatten per-exit lists (``val_acc`` -> ``val_acc_exit0`` ...) and log them at ``step``."""
     now = int(time.time() * 1000)
     flat: list[Metric] = []
@@ -103,6 +117,12 @@ def last_logged_step(client: MlflowClient, mlflow_run_id: str, key: str = "loss"
     """The last epoch whose metrics reached MLflow (0 if none), so a resumed trial skips re-logging."""
     history = client.get_metric_history(mlflow_run_id, key)
     return max((m.step for m in history), default=0)
+
+
+def record_failure(client: MlflowClient, mlflow_run_id: str, message: str) -> None:
+    """Tag a cell's run with why it failed (rebuild reads it back) and mark it FAILED."""
+    client.set_tag(mlflow_run_id, ERROR_TAG, message[:4000])
+    finish_run(client, mlflow_run_id, ok=False)
 
 
 def finish_run(client: MlflowClient, mlflow_run_id: str, ok: bool = True) -> None:

@@ -31,7 +31,12 @@ _DATA_CACHE: dict[tuple, Any] = {}
 
 
 def _splits_for(config: dict[str, Any], train: dict[str, Any]):
-    key = (config["dataset"], config.get("data_root"), train.get("val_size"), train.get("train_subset"))
+    key = (
+        config["dataset"],
+        config.get("data_root"),
+        train.get("val_size"),
+        train.get("train_subset"),
+    )
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_dataset(
@@ -73,7 +78,7 @@ def train_cell(config: dict[str, Any]) -> None:
         return
 
     client = _client(config)
-    mlflow_run_id, _ = tracking.ensure_cell_run(
+    mlflow_run_id, created = tracking.ensure_cell_run(
         client,
         config["mlflow"]["experiment_id"],
         config["mlflow"].get("parent_run_id"),
@@ -87,10 +92,12 @@ def train_cell(config: dict[str, Any]) -> None:
             "code_version": config.get("code_version", "unknown"),
         },
     )
+    if created:
+        client.log_dict(mlflow_run_id, config, tracking.CONFIG_ARTIFACT)
     try:
         _train(config, client, mlflow_run_id, final)
-    except BaseException:
-        tracking.finish_run(client, mlflow_run_id, ok=False)
+    except BaseException as exc:
+        tracking.record_failure(client, mlflow_run_id, f"training: {type(exc).__name__}: {exc}")
         raise
 
 
@@ -135,7 +142,9 @@ def _train(config: dict[str, Any], client, mlflow_run_id: str, final: Path) -> N
             tune.report(_tune_metrics(metrics, done=False))
 
     result = _finish(config, client, mlflow_run_id, trainer, final, metrics)
-    tune.report({**_tune_metrics(metrics, done=True), "model_version": result.get("model_version") or 0})
+    tune.report(
+        {**_tune_metrics(metrics, done=True), "model_version": result.get("model_version") or 0}
+    )
 
 
 def _tune_metrics(metrics: dict[str, Any], done: bool) -> dict[str, Any]:

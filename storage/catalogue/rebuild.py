@@ -50,6 +50,8 @@ from storage.catalogue.store import MODES, STATUSES, Catalogue, RunRecord
 from storage.catalogue.summary import SummaryRows, summary_rows, write_summary
 from storage.errors import StorageError, one_line
 from storage.mlflow_layout import (
+    CONFIG_ARTIFACT,
+    ERROR_TAG,
     EXPERIMENT_PREFIX,
     KIND_TAG,
     RUN_ID_TAG,
@@ -90,8 +92,8 @@ def rebuild(
     one must not be open in another process (waits up to ``lock_timeout_s`` for it to close).
 
     Returns counts: ``sweeps``, ``runs``, ``summaries``, ``models`` (runs with a registered
-    version), ``predictions`` (runs with Parquet files), one per status (``done``, ``trained``,
-    ``running``, ``pending``, ``failed``), ``orphan_predictions`` (runs found only in Parquet,
+    version), ``predictions`` (runs with Parquet files), one per catalogue status (``done``,
+    ``trained``, ``running``, ``pending``, ``failed``...), ``orphan_predictions`` (runs found only in Parquet,
     which are not catalogued) and ``duplicate_mlflow_runs`` (extra cell runs of one run id; the
     earliest is used, as the workflows do).
     """
@@ -113,7 +115,7 @@ def rebuild(
                     with writer.begin() as conn:
                         _write_batch(conn, batch)
 
-                with_retry(tmp, load, what=f"loading sweep {batch.name!r}")
+                with_retry(path, load, what=f"rebuild (sweep {batch.name!r} into {tmp.name})")
         _seal(tmp)
         _retire(path, lock_timeout_s)
         os.replace(tmp, path)
@@ -387,7 +389,8 @@ class _Loader:
                     f"MLflow run {parent.info.run_id}: {SPEC_ARTIFACT} is not a JSON object"
                 )
             spec = loaded or {}
-            code_version = parent.data.params.get("code_version") or parent.data.tags.get(
+            # A tag (mutable: a resumed launch may update it) wins over the first launch's param.
+            code_version = parent.data.tags.get("code_version") or parent.data.params.get(
                 "code_version"
             )
             created = _utc_ms(parent.info.start_time) or created
@@ -449,8 +452,13 @@ class _Loader:
             has_predictions=all(s in files for s in _SPLITS_FOR_DONE),
             has_model=version is not None,
         )
-        if error:
+        if tags.get(ERROR_TAG):  # the workflow's own words on why the cell failed
+            error = tags[ERROR_TAG]
+            if status == "trained" and rows is None:
+                status = "failed"
+        elif error:
             error = f"{error} (MLflow run {info.run_id}; set by catalogue rebuild)"
+        config = self._json_artifact(run, CONFIG_ARTIFACT, scratch / f"{info.run_id}-config")
         record = RunRecord(
             run_id=run_id,
             sweep=tags.get(SWEEP_TAG) or sweep,
@@ -468,7 +476,7 @@ class _Loader:
             model_version=None if version is None else str(version.version),
             parquet_path=str(Path(sorted(files.values())[0]).parent) if files else None,
             code_version=tags.get("code_version") or params.get("code_version"),
-            config=dict(params),
+            config=config if isinstance(config, dict) else dict(params),
             error=error,
         )
         self.sweep_names.add(record.sweep)
