@@ -143,3 +143,134 @@ def test_relaunch_retrains_nothing_and_records_nothing_twice(swept):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 7  # one parent + one per cell
     assert json.loads(json.dumps(outcome.trained))
+
+
+# --- the CLI over the same sweep ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli(swept):
+    """Invoke `sdn ...` in-process against the swept home; returns (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    spec, _ = swept
+    home = str(spec.storage_paths().home)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, [*args], env={"SDN_HOME": home, "COLUMNS": "200"})
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def test_cli_status_list_and_catalogue_queries(cli):
+    code, out, _ = cli("sweep", "status", "tiny", "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    code, out, _ = cli("sweep", "list", "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith("tiny,")
+    code, out, _ = cli(
+        "catalogue", "runs", "--arch", "resnet56", "--mode", "sdn", "--format", "json"
+    )
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == ["tiny.resnet56.digits.sdn.s0"]
+    code, out, _ = cli("catalogue", "exits", "--arch", "mobilenet", "--mode", "sdn", "-f", "json")
+    assert code == 0 and [r["exit_index"] for r in json.loads(out)] == list(range(6))
+    code, out, _ = cli("catalogue", "early-exit", "--max-drop", "0.5", "-f", "json")
+    assert code == 0 and len(json.loads(out)) >= 1
+    code, out, _ = cli("catalogue", "overthinking", "-f", "json")
+    assert code == 0 and len(json.loads(out)) == 6
+    code, out, _ = cli("catalogue", "sql", "SELECT count(*) AS n FROM runs", "-f", "json")
+    assert code == 0 and json.loads(out) == [{"n": 6}]
+
+
+def test_cli_refuses_writes_and_bad_filters(cli):
+    code, _, err = cli("catalogue", "sql", "DELETE FROM runs")
+    assert code == 2 and err.count("\n") == 1 and "error:" in err
+    code, _, err = cli("sweep", "status", "nope")
+    assert code == 2 and "unknown sweep 'nope'" in err
+    code, out, _ = cli("catalogue", "runs", "--arch", "x' OR '1'='1", "-f", "json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_cli_models_get_and_predict(cli, tmp_path):
+    code, out, _ = cli("models", "list", "-f", "json")
+    assert code == 0 and len(json.loads(out)) == 6
+    code, out, _ = cli(
+        "models",
+        "get",
+        "sdn-resnet56-digits-sdn@latest",
+        "--out",
+        str(tmp_path / "m"),
+        "-f",
+        "json",
+    )
+    assert code == 0 and (tmp_path / "m" / "model.pt").exists()
+    code, out, _ = cli(
+        "models",
+        "predict",
+        "sdn-mobilenet-digits-sdn/1",
+        "--dataset",
+        "digits",
+        "--threshold",
+        "0.0",
+        "--limit",
+        "5",
+        "-f",
+        "json",
+    )
+    rows = json.loads(out)
+    assert (
+        code == 0 and len(rows) == 5 and {r["exit"] for r in rows} == {"IC0"}
+    )  # q=0: all leave at IC0
+    code, out, _ = cli(
+        "models",
+        "predict",
+        "sdn-mobilenet-digits-sdn/1",
+        "--dataset",
+        "digits",
+        "--budget",
+        "0.6",
+        "--limit",
+        "8",
+        "-f",
+        "json",
+    )
+    assert code == 0 and all(r["relative_cost"] <= 1.01 for r in json.loads(out))
+    from PIL import Image
+
+    img = tmp_path / "digit with space é.png"
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(img)
+    code, out, _ = cli(
+        "models",
+        "predict",
+        "sdn-resnet56-digits-cnn@latest",
+        str(img),
+        "--threshold",
+        "0.9",
+        "-f",
+        "json",
+    )
+    assert code == 0 and json.loads(out)[0]["exit"] == "final"
+    code, _, err = cli(
+        "models", "predict", "sdn-resnet56-digits-sdn@latest", str(img), "--threshold", "1.5"
+    )
+    assert code == 2 and "threshold" in err
+
+
+def test_cli_report_writes_pngs(cli, swept, tmp_path):
+    code, _out, _ = cli("report", "tiny", "--out", str(tmp_path / "r"))
+    assert code == 0
+    pngs = sorted(p.name for p in (tmp_path / "r").rglob("*.png"))
+    assert (
+        "accuracy_vs_cost.png" in pngs and "confusion.png" in pngs and "first_correct.png" in pngs
+    )
+    spec, _ = swept
+    from mlflow import MlflowClient
+
+    client = MlflowClient(spec.storage_paths().mlflow_tracking_uri)
+    exp = client.get_experiment_by_name("sweep-tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`sdn.kind` = 'sweep'")[0]
+    assert any(a.path == "report" for a in client.list_artifacts(parent.info.run_id))
