@@ -22,6 +22,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+# Typer >= 0.24 vendors click: its usage errors are these classes, not the click package's.
+from typer._click import exceptions as click_errors
+from typer.core import TyperGroup
+
 from sdn.errors import SDNError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -29,7 +33,43 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 console = Console()
 err_console = Console(stderr=True)
 
+
+class OneLineErrors(TyperGroup):
+    """The ``sdn`` group: a usage mistake (unknown option or command, a value of the wrong type,
+    a missing argument) is one ``error:`` line and exit 2, like every other bad input, instead of
+    click's block of usage text. ``sdn`` or a group alone still prints its help."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            message = " ".join(exc.format_message().split())
+            err_console.print(
+                f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True
+            )
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("error: aborted", highlight=False, markup=False)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="sdn",
     help="Shallow-Deep Networks at scale: sweeps on Ray Tune, a results catalogue, an MLflow "
     "model registry and early-exit inference.\n\nExit codes: 0 ok, 1 partly failed, 2 bad input, "
@@ -77,6 +117,9 @@ def handled(func: F) -> F:
             fail(_one_line(exc), EXIT_UNREACHABLE)
         except SDNError as exc:
             fail(_one_line(exc), EXIT_USAGE)
+        except OSError as exc:  # a full disk, a read-only or vanished path the command needed
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or _one_line(exc)}", EXIT_USAGE)
         except KeyboardInterrupt:
             fail("interrupted; `sdn sweep resume NAME` continues a sweep", EXIT_INTERRUPTED)
         except Exception as exc:
@@ -250,7 +293,10 @@ def _run_sweep(spec, address: str | None, home: Path | None, progress: bool) -> 
 
     if home is not None:
         os.environ["SDN_HOME"] = str(_home(home))
-    outcome = launch(spec, address=address, console=console, progress=progress)
+    try:
+        outcome = launch(spec, address=address, console=console, progress=progress)
+    except KeyboardInterrupt:
+        fail(f"interrupted; `sdn sweep resume {spec.name}` continues the sweep", EXIT_INTERRUPTED)
     print_summary(spec, outcome, console)
     if not outcome.ok:
         raise typer.Exit(EXIT_FAILED)
