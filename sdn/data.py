@@ -17,13 +17,9 @@ used to choose anything (paper-spec bug 6).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdn import datafiles
 from sdn.errors import DataError, SDNError, choice_error
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "tinyimagenet", "digits", "folder:<path>")
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-)
-_CACHE_VERSION = 1
-_CACHE_DIRNAME = ".sdn-cache"
 # The spec's default validation size for the large sets; smaller sets get 10 % of their train set.
 _MAX_DEFAULT_VAL = 5000
 
@@ -156,7 +148,8 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
     compute its mean and std, which are then cached with the images)."""
     check_dataset_name(name)
     if name.startswith(FOLDER_PREFIX):
-        return _folder_info(_folder_path(name, root))
+        scan = datafiles.scan_folder(_folder_path(name, root))
+        return _folder_info(scan, datafiles.folder_stats(scan))
     mean, std = _STATS[name]
     if name == "tinyimagenet":
         return DatasetInfo(name, 200, 64, mean, std, 8, (0.2, 0.2, 0.2), _MAX_DEFAULT_VAL)
@@ -259,9 +252,7 @@ def load_dataset(
     """
     check_dataset_name(name)
     if name.startswith(FOLDER_PREFIX):
-        path = _folder_path(name, root)
-        info = _folder_info(path)
-        train, test = _load_folder(path, info.image_size)
+        info, train, test = _load_folder(_folder_path(name, root))
     elif name == "digits":
         info = dataset_info(name)
         train, test = _load_digits()
@@ -304,10 +295,12 @@ _digits_memo: tuple[ImageSet, ImageSet] | None = None
 
 
 def _load_digits() -> tuple[ImageSet, ImageSet]:
+    """Built once per process; callers get copies, so no caller can alter another's data."""
     global _digits_memo
     if _digits_memo is None:
         _digits_memo = _digits_arrays()
-    return _digits_memo
+    train, test = _digits_memo
+    return train.subset(np.arange(len(train))), test.subset(np.arange(len(test)))
 
 
 def _load_cifar(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
@@ -332,270 +325,45 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageS
     return _from_hwc(train.data, train.targets), _from_hwc(test.data, test.targets)
 
 
-# --- decoded-image cache (Tiny ImageNet and folder:) -----------------------------------------
-
-
-def _cache_dir_for(data_dir: Path) -> Path:
-    """``$SDN_CACHE_DIR/<hash>``, else ``<data>/.sdn-cache`` when writable, else the user cache."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    env = os.environ.get("SDN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / digest
-    local = data_dir / _CACHE_DIRNAME
-    try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local
-    except OSError:
-        pass
-    return Path.home() / ".cache" / "sdn-workflows" / "decoded" / digest
-
-
-def _fingerprint(files: Sequence[Path], labels: np.ndarray, size: int) -> str:
-    """Changes whenever a file is added, removed, rewritten or relabelled, or the size changes."""
-    h = hashlib.sha256(f"v{_CACHE_VERSION}:{size}:{len(files)}".encode())
-    for f, y in zip(files, labels, strict=True):
-        st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{int(y)}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def _decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file -> uint8 [size, size, 3] RGB (resized with antialiasing when needed)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
-
-
-def _decode_all(files: Sequence[Path], size: int) -> np.ndarray:
-    """Decode in a thread pool (PIL releases the GIL while decoding) into one [N, H, W, 3] array."""
-    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    workers = max(1, min(8, os.cpu_count() or 1))
-
-    def work(i: int) -> None:
-        out[i] = _decode_image(files[i], size)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(work, range(len(files)), chunksize=256):
-            pass
-    return out
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _cached_imageset(
-    files: Sequence[Path], labels: np.ndarray, size: int, cache_dir: Path, split: str
-) -> ImageSet:
-    """Decoded images of ``files``, from the cache when its fingerprint matches, else decoded once
-    and written there (stale versions of the same split are removed)."""
-    key = _fingerprint(files, labels, size)
-    path = cache_dir / f"{split}-{size}px-{key}.pt"
-    if path.is_file():
-        try:
-            blob = torch.load(path, weights_only=True)
-            return ImageSet(blob["images"], blob["labels"])
-        except Exception:  # a corrupted cache is rebuilt, not fatal
-            path.unlink(missing_ok=True)
-    images = _from_hwc(_decode_all(files, size), labels)
-    _atomic_torch_save({"images": images.images, "labels": images.labels}, path)
-    for stale in cache_dir.glob(f"{split}-*.pt"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
-    return images
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1], in chunks (bounded memory)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64)
-        total += x.sum(dim=(0, 2, 3))
-        squares += (x * x).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
-    return tuple(round(v / 255.0, 6) for v in mean.tolist()), tuple(
-        round(v / 255.0, 6) for v in std.tolist()
-    )
-
-
-# --- Tiny ImageNet ---------------------------------------------------------------------------
-
-_TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-
-
-def _tiny_dir(root: Path, download: bool) -> Path:
-    for candidate in (root, root / "tiny-imagenet-200"):
-        if (candidate / "wnids.txt").is_file():
-            return candidate
-    if download:
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        try:
-            download_and_extract_archive(_TINY_URL, str(root))
-        except OSError as exc:
-            raise DataError(f"cannot download Tiny ImageNet into {root}: {exc}") from exc
-        return root / "tiny-imagenet-200"
-    raise DataError(
-        f"Tiny ImageNet not found at {root} (no wnids.txt there or in {root / 'tiny-imagenet-200'}); "
-        "pass --download to fetch it, or --data-root pointing at the extracted archive"
-    )
+# --- Tiny ImageNet and folder: (decoded once, cached; see sdn.datafiles) --------------------
 
 
 def _load_tinyimagenet(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    """Official layout: train/<wnid>/images/*.JPEG, val/images/* labelled by
-    val/val_annotations.txt; the official val split is our test split. Classes in sorted wnid
-    order (independent of the order of wnids.txt)."""
-    base = _tiny_dir(root, download)
-    wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()})
-    index = {w: i for i, w in enumerate(wnids)}
-    train_files: list[Path] = []
-    train_labels: list[int] = []
-    for wnid in wnids:
-        folder = base / "train" / wnid / "images"
-        if not folder.is_dir():
-            raise DataError(f"Tiny ImageNet class folder {folder} is missing")
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        train_files += found
-        train_labels += [index[wnid]] * len(found)
-    annotations = base / "val" / "val_annotations.txt"
-    if not annotations.is_file():
-        raise DataError(f"Tiny ImageNet annotations {annotations} are missing")
-    test_files: list[Path] = []
-    test_labels: list[int] = []
-    for line in sorted(annotations.read_text().splitlines()):
-        parts = line.split("\t")
-        if len(parts) < 2:
-            continue
-        if parts[1] not in index:
-            raise DataError(f"{annotations}: class {parts[1]!r} is not in wnids.txt")
-        test_files.append(base / "val" / "images" / parts[0])
-        test_labels.append(index[parts[1]])
-    cache = _cache_dir_for(base)
-    train = _cached_imageset(train_files, np.asarray(train_labels), 64, cache, "train")
-    test = _cached_imageset(test_files, np.asarray(test_labels), 64, cache, "test")
+    base = datafiles.tiny_dir(root, download)
+    listing = datafiles.scan_tinyimagenet(base)
+    cache = datafiles.cache_dir_for(base)
+    train = ImageSet(*datafiles.cached_images(listing["train"], 64, cache, "train"))
+    test = ImageSet(*datafiles.cached_images(listing["test"], 64, cache, "test"))
     return train, test
-
-
-# --- folder:<path> ---------------------------------------------------------------------------
 
 
 def _folder_path(name: str, root: str | Path | None) -> Path:
     path = Path(name[len(FOLDER_PREFIX) :]).expanduser()
     if not path.is_absolute() and root is not None:
         path = Path(root) / path
-    if not (path / "train").is_dir() or not (path / "test").is_dir():
-        raise DataError(
-            f"folder data set {str(path)!r} needs train/<class>/* and test/<class>/* subfolders"
-        )
     return path
 
 
-def _class_tree(split_dir: Path) -> dict[str, list[Path]]:
-    """Class name -> sorted image files; hidden entries (e.g. the cache) are skipped."""
-    tree = {}
-    for d in sorted(split_dir.iterdir()):
-        if d.is_dir() and not d.name.startswith("."):
-            tree[d.name] = sorted(
-                p
-                for p in d.iterdir()
-                if p.is_file()
-                and not p.name.startswith(".")
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-    return tree
-
-
-def _folder_listing(path: Path) -> tuple[list[str], dict[str, tuple[list[Path], np.ndarray]]]:
-    """Classes (sorted names of train/'s subfolders) and each split's files and labels."""
-    train_tree = _class_tree(path / "train")
-    classes = [c for c, files in train_tree.items() if files]
-    if not classes:
-        raise DataError(f"folder data set {str(path)!r} has no images under train/<class>/")
-    index = {c: i for i, c in enumerate(classes)}
-    splits = {}
-    for split, tree in (("train", train_tree), ("test", _class_tree(path / "test"))):
-        unknown = sorted(c for c, files in tree.items() if files and c not in index)
-        if unknown:
-            raise DataError(
-                f"{path / split} has classes {unknown} that train/ lacks; classes are {classes}"
-            )
-        files = [f for c in classes for f in tree.get(c, [])]
-        labels = np.asarray([index[c] for c in classes for _ in tree.get(c, [])], dtype=np.int64)
-        if not files:
-            raise DataError(f"folder data set {str(path)!r} has no images under {split}/<class>/")
-        splits[split] = (files, labels)
-    return classes, splits
-
-
-def _folder_image_size(first: Path) -> int:
-    """64 when the images are 64x64 (Tiny-ImageNet-like), else everything is resized to 32."""
-    from PIL import Image
-
-    try:
-        with Image.open(first) as img:
-            return 64 if img.size == (64, 64) else 32
-    except OSError as exc:
-        raise DataError(f"cannot read image {first}: {exc}") from exc
-
-
-def _load_folder(path: Path, size: int | None = None) -> tuple[ImageSet, ImageSet]:
-    _, listing = _folder_listing(path)
-    size = size or _folder_image_size(listing["train"][0][0])
-    cache = _cache_dir_for(path)
-    train = _cached_imageset(*listing["train"], size, cache, "train")
-    test = _cached_imageset(*listing["test"], size, cache, "test")
-    return train, test
-
-
-def _folder_info(path: Path) -> DatasetInfo:
-    """Info of a class-folder tree; mean and std come from its decoded train images (cached)."""
-    classes, listing = _folder_listing(path)
-    files, labels = listing["train"]
-    size = _folder_image_size(files[0])
-    cache = _cache_dir_for(path)
-    stats_file = cache / f"stats-{_fingerprint(files, labels, size)}.json"
-    try:
-        stats = json.loads(stats_file.read_text())
-        mean, std = tuple(stats["mean"]), tuple(stats["std"])
-    except (OSError, ValueError, KeyError):
-        mean, std = _channel_stats(_cached_imageset(files, labels, size, cache, "train").images)
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"mean": mean, "std": std, "classes": classes}, fh)
-        os.replace(tmp, stats_file)
-        for stale in cache.glob("stats-*.json"):
-            if stale != stats_file:
-                stale.unlink(missing_ok=True)
+def _folder_info(scan: datafiles.FolderScan, stats: datafiles.Stats) -> DatasetInfo:
     return DatasetInfo(
-        name=f"{FOLDER_PREFIX}{path}",
-        num_classes=len(classes),
-        image_size=size,
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
-        pad=4 if size == 32 else 8,
+        name=f"{FOLDER_PREFIX}{scan.path}",
+        num_classes=len(scan.classes),
+        image_size=scan.image_size,
+        mean=stats[0],
+        std=stats[1],
+        pad=4 if scan.image_size == 32 else 8,
         color_jitter=None,
-        default_val_size=_default_val_size(len(files)),
+        default_val_size=_default_val_size(len(scan.splits["train"].files)),
     )
+
+
+def _load_folder(path: Path) -> tuple[DatasetInfo, ImageSet, ImageSet]:
+    """A class-folder tree; its mean and std come from its decoded train images."""
+    scan = datafiles.scan_folder(path)
+    cache, size = scan.cache_dir, scan.image_size
+    train = ImageSet(*datafiles.cached_images(scan.splits["train"], size, cache, "train"))
+    test = ImageSet(*datafiles.cached_images(scan.splits["test"], size, cache, "test"))
+    return _folder_info(scan, datafiles.folder_stats(scan, train.images)), train, test
 
 
 # ---------------------------------------------------------------------------------------------

@@ -304,14 +304,41 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The gist of a library message: its first line without terminal escapes, cut after the
+    first sentence once past ``limit`` characters. torch's messages run to many lines and
+    paragraphs of advice (some suggest ``weights_only=False``, which must never be done)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if len(line) > limit:
+        end = line.find(". ", 60)
+        line = line[: end + 1] if 0 < end < limit else line[:limit] + "..."
+    return line
+
+
 def _load_file(path: Path) -> Any:
     """torch.load with weights_only (never unpickles code); any failure names the file."""
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler stopped: at a global it will not import (code, which
+        # is never run), or at bytes that are no pickle at all.
+        if "global" in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint file {path} holds objects other than tensors and plain containers; "
+                "refused (checkpoints are only loaded with weights_only=True)"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupted or unreadable: not a torch checkpoint"
+        ) from None
     except Exception as exc:
-        raise CheckpointError(f"checkpoint file {path} is corrupted or unreadable: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupted or unreadable: {_first_line(exc)}"
+        ) from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -335,7 +362,12 @@ def _write_dir_atomically(directory: Path, write: Any) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (OSError, RuntimeError) as exc:  # disk full, quota, I/O error (torch: RuntimeError)
+            raise CheckpointError(
+                f"cannot write checkpoint {directory}: {_first_line(exc)}"
+            ) from None
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(directory, old)
@@ -346,6 +378,22 @@ def _write_dir_atomically(directory: Path, write: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_checkpoint(directory: str | Path) -> None:
+    """Finish a swap that :func:`_write_dir_atomically` did not: a process killed between its
+    two renames leaves ``directory`` missing and the previous checkpoint in ``.<name>.old-*``.
+    Renaming that back lets a resumed run continue from it instead of from scratch."""
+    directory = Path(directory)
+    if directory.exists() or not directory.parent.is_dir():
+        return
+    olds = [
+        p for p in directory.parent.glob(f".{directory.name}.old-*") if (p / "meta.json").is_file()
+    ]
+    if olds:
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        with contextlib.suppress(OSError):  # another process got there first
+            os.rename(newest, directory)
 
 
 # ---------------------------------------------------------------------------------------------

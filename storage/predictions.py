@@ -19,6 +19,8 @@ files alone are enough to rebuild the catalogue.
 from __future__ import annotations
 
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from sdn.results import Outputs
 from storage.errors import StorageError, choice_error, one_line
@@ -60,6 +63,9 @@ _FILTER_ALIASES = {"arch": "architecture", "mode": "train_mode"}
 # memory stays bounded by this (not by the number of samples) however large the split is.
 ROW_GROUP_ROWS = 1 << 16
 LOGIT_VALUES_PER_GROUP = 1 << 22
+# A temporary file whose writer cannot be checked (another host, an older name) is only removed
+# once it is this old: no write of one split takes a day, and removing a live one would fail it.
+STALE_TEMP_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,15 @@ class PredictionStore:
             for name, value in zip(PARTITION_KEYS, (key.arch, key.dataset, key.mode), strict=True)
         )
         return self.root / kind / partition / f"{_segment(key.run_id)}.{split}.parquet"
+
+    def readable(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` exists and its footer reads as a predictions file of a known version
+        (cheap: the footer only). The sweep driver re-analyses runs whose files are not."""
+        try:
+            check_version(path, pq.ParquetFile(path).schema_arrow.metadata)
+        except (StorageError, pa.ArrowException, OSError):
+            return False
+        return True
 
     def files_for_run(self, run_id: str, kind: str | None = None) -> list[Path]:
         """Every file of ``run_id`` (both splits; both kinds unless ``kind`` is given), sorted."""
@@ -154,7 +169,9 @@ class PredictionStore:
         ``sdn.analysis.iter_outputs``): batches are converted and flushed as row groups while they
         arrive, so memory grows with the batch size and not with the split. The data goes to a
         hidden temporary file in the final directory and is renamed over the old file only when
-        complete, so a reader sees the old file or the new one, never a partial one. Rewriting
+        complete, so a reader sees the old file or the new one, never a partial one; a writer
+        killed mid-write leaves only that hidden file, which the next write removes. A full or
+        read-only disk fails with a StorageError naming the file, the old file intact. Rewriting
         without ``keep_logits`` removes an older logits file, which would no longer match.
         """
         _check_split(split)
@@ -162,7 +179,9 @@ class PredictionStore:
         final = {"outputs": self.path_for(key, split, "outputs")}
         if keep_logits:
             final["logits"] = self.path_for(key, split, "logits")
-        tmp = {k: p.parent / f".{p.name}.tmp-{uuid.uuid4().hex}" for k, p in final.items()}
+        for path in final.values():
+            _remove_dead_temps(path)
+        tmp = {k: _temp_name(p) for k, p in final.items()}
         writers: dict[str, GroupWriter] = {}
         try:
             num_exits = None
@@ -194,11 +213,15 @@ class PredictionStore:
                 w.close()
             for kind, path in tmp.items():
                 os.replace(path, final[kind])
-        except BaseException:
+        except BaseException as exc:
             for w in writers.values():
                 w.abort()
             for path in tmp.values():
                 path.unlink(missing_ok=True)
+            if isinstance(exc, OSError | pa.ArrowException):  # disk full, read-only, I/O error
+                raise StorageError(
+                    f"cannot write predictions file {final['outputs']}: {one_line(exc)}"
+                ) from None
             raise
         self._remove_stale(key, split, keep=set(final.values()))
         return final["outputs"]
@@ -397,6 +420,44 @@ _DUCKDB_TYPES = {
     pa.float32(): "FLOAT",
     pa.list_(pa.float32()): "FLOAT[]",
 }
+
+
+_HOST = socket.gethostname()
+
+
+def _temp_name(final: Path) -> Path:
+    """A hidden temporary name beside ``final`` that records its writer (pid and host), so a
+    later write can tell a dead writer's leftover from a live writer's file. Hidden names are
+    skipped by pyarrow datasets, and DuckDB's ``*.parquet`` glob does not match them."""
+    return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}-{os.getpid()}@{_HOST}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_dead_temps(final: Path) -> None:
+    """Delete temporary files of ``final`` left by writers that died mid-write (a killed
+    analysis task): those of dead processes on this host, and any older than STALE_TEMP_S."""
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for path in final.parent.glob(f".{final.name}.tmp-*"):
+        writer = path.name.rpartition(".tmp-")[2]
+        owner, _, host = writer.partition("@")
+        pid = owner.rpartition("-")[2]
+        try:
+            dead = host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
+            if dead or now - path.stat().st_mtime > STALE_TEMP_S:
+                path.unlink()
+        except OSError:  # removed by someone else meanwhile
+            continue
 
 
 def _normalise_filters(filters: dict[str, Any]) -> dict[str, Any]:

@@ -79,3 +79,17 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Run a module's tiny models on one torch thread, restoring the setting afterwards.
+
+    Tiny models gain nothing from a second thread, and on shared cores OpenMP's spinning threads
+    made the training tests about 8x slower. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

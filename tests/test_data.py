@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import image_indices, make_imageset
 from PIL import Image
 
-import sdn.data as data
+from sdn import datafiles
 from sdn.data import (
     BatchIterator,
     DatasetInfo,
@@ -77,7 +77,7 @@ def test_digits_shapes_split_and_statistics():
     assert np.bincount(splits.test.labels.numpy()).min() >= 35  # stratified 20 %
     # The frozen normalisation constants are those of the digits train split (train + val).
     train_full = torch.cat([splits.train.images, splits.val.images])
-    mean, std = data._channel_stats(train_full)
+    mean, std = datafiles.channel_stats(train_full)
     assert np.allclose(mean, splits.info.mean, atol=1e-3)
     assert np.allclose(std, splits.info.std, atol=1e-3)
     again = load_dataset("digits")
@@ -299,7 +299,7 @@ def test_folder_dataset_loads_and_reuses_its_cache(tmp_path: Path, monkeypatch):
     def no_decoding(*_args):
         raise AssertionError("decoded an image although the cache was valid")
 
-    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    monkeypatch.setattr(datafiles, "decode_image", no_decoding)
     again = load_dataset(f"folder:{tree}", val_size=3)
     assert torch.equal(again.train.images, splits.train.images)
     assert again.info == info

@@ -18,14 +18,7 @@ from sdn.training import TrainConfig, Trainer, ic_coefficients, tau_weights
 W = 0.125
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on shared cores OpenMP's spinning
-    threads make them several times slower; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _cfg(mode: str, arch: str = "resnet56", **kw) -> TrainConfig:
@@ -67,7 +60,7 @@ def test_config_round_trips_through_a_dict():
     d = cfg.to_dict()
     json.dumps(d)
     assert TrainConfig.from_dict(d) == cfg
-    with pytest.raises(SDNError, match="unknown TrainConfig fields.*'colour'"):
+    with pytest.raises(SDNError, match=r"unknown TrainConfig fields.*'colour'"):
         TrainConfig.from_dict({**d, "colour": "red"})
 
 
@@ -174,7 +167,7 @@ def test_ic_only_refuses_a_checkpoint_that_does_not_fit(tiny_digits, cnn_checkpo
             init_checkpoint=cnn_checkpoint,
         )
     sdn_dir = Trainer(_cfg("sdn", arch="mobilenet"), tiny_digits).save(tmp_path / "sdn")
-    with pytest.raises(CheckpointError, match="cnn-mode checkpoint.*mode 'sdn'"):
+    with pytest.raises(CheckpointError, match=r"cnn-mode checkpoint.*mode 'sdn'"):
         Trainer(_cfg("ic_only", arch="mobilenet"), tiny_digits, init_checkpoint=sdn_dir)
     with pytest.raises(CheckpointError, match="nowhere"):
         Trainer(_cfg("ic_only"), tiny_digits, init_checkpoint=tmp_path / "nowhere")
@@ -254,3 +247,25 @@ def test_broken_checkpoints_raise_checkpoint_error_naming_the_file(tiny_digits, 
     (good / "meta.json").write_text("{broken")
     with pytest.raises(CheckpointError, match=r"meta\.json is unreadable"):
         Trainer.restore(good, tiny_digits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo (python -m sdn)
+
+
+def test_demo_runs_end_to_end_and_prints_the_tables(capsys):
+    from sdn.__main__ import main
+
+    assert main(["--epochs", "1", "--width", "0.125", "--threads", "1", "--batch-size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "  1/1" in out and "IC6" in out and "final" in out
+    assert "early exit on test" in out and "chosen on val" in out
+    assert "final-head test accuracy" in out
+
+
+def test_demo_reports_bad_input_on_one_line(capsys):
+    from sdn.__main__ import main
+
+    assert main(["--arch", "resnet57"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown architecture 'resnet57'") and "\n" not in err

@@ -118,10 +118,12 @@ def run_report(cat, run, folder: Path, predictions_root: Path | None) -> list[Pa
 def _confusion_histogram(run, o, predictions_root: Path, folder: Path, label: str) -> Path | None:
     from storage.predictions import PredictionStore
 
-    try:
-        out = PredictionStore(predictions_root).read_outputs(run.run_id, "test")
-    except SDNError:
-        return None
+    store = PredictionStore(predictions_root)
+    if not any(
+        p.name.endswith(".test.parquet") for p in store.files_for_run(run.run_id, "outputs")
+    ):
+        return None  # not analysed (yet): nothing to draw
+    out = store.read_outputs(run.run_id, "test")  # a damaged file fails here, naming itself
     if out.num_exits < 2:
         return None
     std = o["confusion_std"] or 1.0

@@ -10,6 +10,7 @@ with the spec stored in the catalogue), and finished cells are never retrained.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -77,6 +78,9 @@ def check_writable(paths: StoragePaths) -> None:
             raise SweepError(
                 f"storage {label} path {path} is not writable (no write access to {probe})"
             )
+    from storage.catalogue.db import check_sqlite_file
+
+    check_sqlite_file(Path(paths.catalogue))  # a damaged catalogue stops the launch, untouched
 
 
 def _check_tcp(address: str) -> None:
@@ -96,22 +100,60 @@ def _check_tcp(address: str) -> None:
         ) from None
 
 
+def check_mlflow_server(uri: str) -> None:
+    """Fail fast, before Ray is joined or anything is written, when the tracking URI names an
+    ``mlflow server`` that does not answer (exit 3, "service unreachable", not a usage error).
+
+    A database URI is left to ``ensure_tracking_store``, which creates it after the preflight.
+    """
+    from storage.errors import StorageError
+    from storage.mlflow_setup import ensure_tracking_store, is_server_uri
+
+    if not is_server_uri(uri):
+        return
+    try:
+        ensure_tracking_store(uri)
+    except StorageError as exc:
+        raise ServiceUnreachable(str(exc)) from None
+
+
+#: Variables a trial must see as the driver does, on whichever node it runs: raylets start
+#: workers with their own environment, not the driver's. ``SDN_TEST_SLOW_EPOCH_S`` and
+#: ``SDN_TEST_PID_DIR`` are the trainable's test hooks (they widen fault-injection windows and
+#: tell a test which process runs a trial and which epochs it ran).
+FORWARDED_ENV = ("SDN_TEST_SLOW_EPOCH_S", "SDN_TEST_PID_DIR")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The :data:`FORWARDED_ENV` variables set in this process, for the workers' runtime env."""
+    return {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
+
+
 def connect_ray(address: str | None, env_vars: dict[str, str]) -> None:
     """Join the given cluster (or RAY_ADDRESS, or start a local one), with workers' env set."""
     import ray
 
+    if address and address != "auto":  # checked even when joined: never run on another cluster
+        _check_tcp(address)
     if ray.is_initialized():
         return
-    if address and address != "auto":
-        _check_tcp(address)
     runtime_env = {"env_vars": env_vars}
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    # A local instance gets no dashboard (no HTTP server at all); SDN_RAY_TEMP_DIR gives it its
+    # own session folder, so its processes can be told from any other Ray on the machine.
+    extra = (
+        {"_temp_dir": os.environ["SDN_RAY_TEMP_DIR"]}
+        if local and os.environ.get("SDN_RAY_TEMP_DIR")
+        else {}
+    )
     try:
         ray.init(
             address=address,
             runtime_env=runtime_env,
-            include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS")) else None,
+            include_dashboard=False if local else None,
             log_to_driver=os.environ.get("SDN_RAY_LOG_TO_DRIVER", "0") == "1",
             logging_level="ERROR",
+            **extra,
         )
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -144,16 +186,19 @@ class SweepDriver:
     # -- setup
     def _prepare(self) -> None:
         from storage.catalogue import Catalogue
-        from storage.mlflow_setup import ensure_tracking_store, make_client
+        from storage.mlflow_setup import bounded_http_env, ensure_tracking_store, make_client
         from workflows import tracking
 
         check_writable(self.paths)
+        check_mlflow_server(self.paths.mlflow_tracking_uri)
         connect_ray(
             self.address,
             {
                 "MLFLOW_TRACKING_URI": self.paths.mlflow_tracking_uri,
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "PYTHONUNBUFFERED": "1",
+                **bounded_http_env(),
+                **forwarded_env(),
             },
         )
         for path in (self.paths.home, self.paths.tune, self.paths.predictions, self.paths.reports):
@@ -279,10 +324,33 @@ class SweepDriver:
             self._train(live, outcome)
             self._analyse(live, outcome)
         outcome.seconds = time.time() - started
+        self._close_sweep_run(outcome)
+        return outcome
+
+    def _close_sweep_run(self, outcome: SweepOutcome) -> None:
+        """Mark the sweep's MLflow run finished or failed.
+
+        A tracking server that went away mid-sweep fails the trials that needed it (after bounded
+        retries) and then this call: the launch ends with one line naming the server and how to
+        continue (exit 3). The failed cells keep their checkpoints and MLflow runs, so a resume
+        against the restarted server completes them without recording anything twice.
+        """
+        from storage.mlflow_setup import is_server_uri, server_reachable
         from workflows import tracking
 
-        tracking.finish_run(self.mlflow_client, self.parent_run_id, ok=outcome.ok)
-        return outcome
+        uri = self.paths.mlflow_tracking_uri
+        try:
+            tracking.finish_run(self.mlflow_client, self.parent_run_id, ok=outcome.ok)
+        except _mlflow_errors():
+            if not is_server_uri(uri) or server_reachable(uri):
+                raise
+            unfinished = len(set(outcome.failed) | set(outcome.skipped))
+            raise ServiceUnreachable(
+                f"MLflow tracking server {uri} became unreachable during sweep "
+                f"{self.spec.name!r}; {unfinished} of {outcome.total} cells did not finish; "
+                f"start it again on the same backend store and run "
+                f"`sdn sweep resume {self.spec.name}`"
+            ) from None
 
     def _train(self, live, outcome: SweepOutcome) -> None:
         done = {
@@ -361,8 +429,10 @@ class SweepDriver:
 
         if self._status(run_id) != "done":
             return True
-        files = PredictionStore(self.paths.predictions).files_for_run(run_id)
-        return not files or not all(Path(f).exists() for f in files)
+        store = PredictionStore(self.paths.predictions)
+        files = store.files_for_run(run_id)
+        # Deleted or damaged files are written again, so the catalogue never points at them.
+        return not files or not all(store.readable(f) for f in files)
 
     def _analyse(self, live, outcome: SweepOutcome) -> None:
         import ray
@@ -399,13 +469,21 @@ class SweepDriver:
                 self.catalogue.set_status(cell.run_id, "failed", error=outcome.failed[cell.run_id])
                 result = layout.read_result(self.paths.tune, cell.sweep, cell.run_id) or {}
                 if result.get("mlflow_run_id"):
-                    self.mlflow_client.set_tag(
-                        result["mlflow_run_id"], tracking.ERROR_TAG, outcome.failed[cell.run_id]
-                    )
+                    with contextlib.suppress(*_mlflow_errors()):  # best effort, as in trials
+                        self.mlflow_client.set_tag(
+                            result["mlflow_run_id"], tracking.ERROR_TAG, outcome.failed[cell.run_id]
+                        )
                 live.board.cells[cell.run_id].status = "failed"
                 live.refresh(f"FAILED   analysis of {cell.run_id}")
                 continue
-            self._record_analysis(cell, answer)
+            try:
+                self._record_analysis(cell, answer)
+            except _mlflow_errors() as exc:  # MLflow went away: resume analyses the cell again
+                outcome.failed[cell.run_id] = f"analysis not recorded in MLflow: {_one_line(exc)}"
+                self.catalogue.set_status(cell.run_id, "failed", error=outcome.failed[cell.run_id])
+                live.board.cells[cell.run_id].status = "failed"
+                live.refresh(f"FAILED   recording the analysis of {cell.run_id}")
+                continue
             outcome.analysed.append(cell.run_id)
             live.board.cells[cell.run_id].status = "done"
             live.refresh(f"analysed {cell.run_id}")
@@ -441,10 +519,19 @@ def _trial_name(trial) -> str:
     return str(trial.config.get("run_id", trial.trial_id)).split(".", 1)[-1]
 
 
+def _mlflow_errors() -> tuple[type[BaseException], ...]:
+    """What a call to MLflow raises when its store fails or is out of reach (bounded retries
+    exhausted): MLflow's own error, or the HTTP client's for an artifact transfer."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return (MlflowException, RequestException)
+
+
 def _one_line(error: object) -> str:
     text = str(error).strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:500]
+    return (lines[-1] if lines else type(error).__name__)[:1000]  # paths can be long
 
 
 # --- entry points used by the CLI -----------------------------------------------------------------

@@ -8,11 +8,19 @@ MLflow run, and nothing is trained or recorded twice.
 Checkpoints go to the cell's own directory on the shared Tune storage (see ``layout``) every
 ``checkpoint_every`` epochs, atomically; Tune's checkpoint copying is not used, so one copy serves
 both Tune's retries and cross-launch resumes. A finished cell writes its final model and a
-``result.json`` marker last: the marker's presence is what "done" means.
+``result.json`` marker last: the marker's presence is what "done" means. An epoch's metrics reach
+MLflow once that epoch is checkpointed, so a trial killed at any point leaves MLflow with exactly
+the epochs its checkpoint holds; the retry logs the rest, each epoch once. A checkpoint that cannot
+be read fails the cell with its path and the fix, rather than silently training from scratch.
+
+Test hooks (environment, read on the worker): ``SDN_TEST_SLOW_EPOCH_S`` sleeps after each epoch;
+``SDN_TEST_PID_DIR`` makes each attempt append its pid, start epoch and checkpointed epochs to
+``<dir>/<run_id>.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -23,7 +31,8 @@ from typing import Any
 from ray import tune
 
 from sdn.data import load_dataset
-from sdn.training import TrainConfig, Trainer
+from sdn.errors import CheckpointError
+from sdn.training import TrainConfig, Trainer, recover_checkpoint
 from workflows import layout, tracking
 
 # Per-process caches: a Tune worker process that runs several cells reuses decoded data.
@@ -97,7 +106,10 @@ def train_cell(config: dict[str, Any]) -> None:
     try:
         _train(config, client, mlflow_run_id, final)
     except BaseException as exc:
-        tracking.record_failure(client, mlflow_run_id, f"training: {type(exc).__name__}: {exc}")
+        # Best effort: when the tracking server is what failed, tagging the run fails too (after
+        # its bounded retries), and the trial must report its own error, not that one.
+        with contextlib.suppress(Exception):
+            tracking.record_failure(client, mlflow_run_id, f"training: {type(exc).__name__}: {exc}")
         raise
 
 
@@ -106,8 +118,16 @@ def _train(config: dict[str, Any], client, mlflow_run_id: str, final: Path) -> N
     train_cfg = _train_config(config)
     splits = _splits_for(config, config["train"])
     ckpt = layout.checkpoint_dir(tune_root, sweep, run_id)
+    recover_checkpoint(ckpt)
     if (ckpt / "meta.json").exists():
-        trainer = Trainer.restore(ckpt, splits)
+        try:
+            trainer = Trainer.restore(ckpt, splits)
+        except CheckpointError as exc:
+            # Refuse rather than silently retrain: a damaged checkpoint means damaged storage,
+            # which the user should see; deleting the folder is their explicit choice to restart.
+            raise CheckpointError(
+                f"cell {run_id} cannot resume (delete {ckpt} to train it again from scratch): {exc}"
+            ) from None
     else:
         init = None
         if config["mode"] == "ic_only":
@@ -125,19 +145,24 @@ def _train(config: dict[str, Any], client, mlflow_run_id: str, final: Path) -> N
             "host": socket.gethostname(),
         },
     )
+    # MLflow gets an epoch's metrics only once that epoch is checkpointed, and a restarted trial
+    # first logs what its checkpoint holds but MLflow lacks (killed between save and log). So
+    # after any kill MLflow holds each epoch once, with the values of the epoch that was kept.
     logged_up_to = tracking.last_logged_step(client, mlflow_run_id)
+    logged_up_to = _log_checkpointed(client, mlflow_run_id, trainer.history, logged_up_to)
+    _test_event(run_id, f"start epoch={trainer.epoch}")
     every = max(1, int(config.get("checkpoint_every", 1)))
     slow = float(os.environ.get("SDN_TEST_SLOW_EPOCH_S", "0"))  # test hook: widen kill windows
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = trainer.history[-1] if trainer.history else {}
     while not trainer.done:
         metrics = trainer.train_epoch()
         if slow:
             time.sleep(slow)
         epoch = metrics["epoch"]
-        if epoch > logged_up_to:
-            tracking.log_epoch_metrics(client, mlflow_run_id, metrics, step=epoch)
         if epoch % every == 0 or trainer.done:
             trainer.save(ckpt)
+            logged_up_to = _log_checkpointed(client, mlflow_run_id, trainer.history, logged_up_to)
+            _test_event(run_id, f"checkpointed epoch={epoch}")
         if not trainer.done:
             tune.report(_tune_metrics(metrics, done=False))
 
@@ -145,6 +170,25 @@ def _train(config: dict[str, Any], client, mlflow_run_id: str, final: Path) -> N
     tune.report(
         {**_tune_metrics(metrics, done=True), "model_version": result.get("model_version") or 0}
     )
+
+
+def _log_checkpointed(
+    client, mlflow_run_id: str, history: list[dict[str, Any]], logged_up_to: int
+) -> int:
+    """Log the checkpointed epochs (``history``) that MLflow lacks; return the last one it has."""
+    for metrics in history:
+        if metrics["epoch"] > logged_up_to:
+            tracking.log_epoch_metrics(client, mlflow_run_id, metrics, step=metrics["epoch"])
+    return max([logged_up_to, *(m["epoch"] for m in history)])
+
+
+def _test_event(run_id: str, what: str) -> None:
+    """Test hook: with ``SDN_TEST_PID_DIR`` set, append ``<pid> <what>`` to ``<run_id>.log``
+    there, so fault-injection tests find the trial's process and count the epochs it ran."""
+    directory = os.environ.get("SDN_TEST_PID_DIR")
+    if directory:
+        with open(Path(directory) / f"{run_id}.log", "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {what}\n")
 
 
 def _tune_metrics(metrics: dict[str, Any], done: bool) -> dict[str, Any]:

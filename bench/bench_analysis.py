@@ -1,0 +1,307 @@
+"""What does the analysis pass cost over plain inference, and does its memory stay bounded?
+
+Time: collecting every output of an SDN for N = 10,000 images and streaming them to Parquet
+(``PredictionStore.write(key, split, iter_outputs(...))``, the product's analysis path) against a
+plain inference pass of the same CNN over the same images (``BatchIterator`` batches through the
+CNN, argmax to the host). The SDN is ``SDN.from_cnn(cnn)``: the very same backbone and weights plus
+the IC heads. Target: ratio <= 1.15. A third, diagnostic action drains ``iter_outputs`` without
+writing, to split the overhead between the per-batch reductions and the Parquet writer.
+
+Memory: the peak resident-set growth of the streamed write, at N/4 and N images with batch B, and
+at N/4 images with batch 2B, each in a fresh interpreter after a one-batch warm-up (model built,
+libraries loaded). Streaming means the peak follows the batch size, not N.
+
+Images are synthetic uint8 tensors (the content does not change the work). ResNet-56 at width 1 on
+a GPU; on a CPU --quick uses width 0.25 to fit its time (a narrower net makes the fixed per-batch
+overhead *larger* in relative terms, so the CPU figure is the harder one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import (
+    REPO_ROOT,
+    BenchReport,
+    Figure,
+    compare,
+    peak_rss,
+    pick,
+    run_main,
+    time_once,
+)
+
+NAME = "bench_analysis"
+TARGET_RATIO = 1.15
+MEMORY_TARGET = 1.25  # peak growth at 4x the images / at 1x: "does not grow with N"
+
+
+@dataclass
+class Settings:
+    images: int
+    width: float
+    batch_size: int
+    rounds: int
+
+
+def settings(size: str, device: torch.device) -> Settings:
+    gpu = device.type == "cuda"
+    return pick(
+        size,
+        smoke=Settings(256, 0.125, 64, 1),
+        quick=Settings(10_000, 1.0 if gpu else 0.25, 256, 5 if gpu else 3),
+        full=Settings(10_000, 1.0, 256, 7 if gpu else 3),
+    )
+
+
+def synthetic_imageset(n: int, seed: int = 0) -> Any:
+    from sdn.data import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return ImageSet(images, torch.randint(0, 10, (n,), generator=g))
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the OS so the next peak measurement starts from a clean floor."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except Exception:
+        pass
+
+
+class Passes:
+    """The three timed actions over one image set."""
+
+    def __init__(self, imageset: Any, s: Settings, device: torch.device, root: Path) -> None:
+        from sdn.data import dataset_info
+        from sdn.models import SDN, build_cnn
+        from storage.predictions import PredictionStore, RunKey
+
+        torch.manual_seed(0)
+        self.info = dataset_info("cifar10")
+        self.cnn = build_cnn("resnet56", 10, 32, width=s.width).to(device).eval()
+        self.sdn = SDN.from_cnn(self.cnn).to(device).eval()
+        self.imageset = imageset
+        self.s = s
+        self.device = device
+        self.store = PredictionStore(root)
+        self.key = RunKey("bench.resnet56.cifar10.sdn.s0", "resnet56", "cifar10", "sdn")
+
+    def plain(self, imageset: Any = None) -> None:
+        """Baseline: the CNN over the same batches, predictions copied to the host."""
+        from sdn.data import BatchIterator
+
+        batches = BatchIterator(
+            imageset or self.imageset, self.info, self.s.batch_size, device=self.device
+        )
+        preds = []
+        with torch.inference_mode():
+            for x, _ in batches:
+                preds.append(self.cnn(x).argmax(dim=1).cpu())
+        torch.cat(preds)
+
+    def outputs(self, imageset: Any = None, batch_size: int | None = None) -> Any:
+        from sdn.analysis import iter_outputs
+
+        return iter_outputs(
+            self.sdn,
+            imageset or self.imageset,
+            self.info,
+            batch_size=batch_size or self.s.batch_size,
+            device=self.device,
+        )
+
+    def collect_only(self) -> None:
+        """Diagnostic: every output reduced and copied to the host, nothing written."""
+        for _ in self.outputs():
+            pass
+
+    def collect_and_write(self, imageset: Any = None, batch_size: int | None = None) -> None:
+        """The product's analysis path: stream every output into the Parquet file."""
+        self.store.write(self.key, "test", self.outputs(imageset, batch_size))
+
+
+def memory_growth(images: int, batch: int, width: float, device: torch.device) -> dict[str, Any]:
+    """Peak RSS growth (and CUDA peak) of one streamed write of ``images`` images at ``batch``.
+
+    Each measurement runs in a fresh interpreter (``python -m bench.bench_analysis --memory-probe``)
+    so that the heap one measurement leaves behind (glibc keeps freed blocks, and its mmap
+    threshold grows after large frees) cannot hide or inflate the next one's growth.
+    """
+    args = json.dumps({"images": images, "batch": batch, "width": width, "device": str(device)})
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "SDN_BENCH_THREADS": str(torch.get_num_threads()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_analysis", "--memory-probe", args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Body of ``--memory-probe``: model built and warmed up on one batch, then measured."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SDN_BENCH_THREADS", "1")))
+    device = torch.device(spec["device"])
+    images, batch = int(spec["images"]), int(spec["batch"])
+    s = Settings(images, float(spec["width"]), batch, 1)
+    imageset = synthetic_imageset(images, seed=1)
+    with tempfile.TemporaryDirectory(prefix="sdn-bench-memory-") as tmp:
+        passes = Passes(imageset, s, device, Path(tmp))
+        passes.collect_and_write(synthetic_imageset(batch, seed=2), batch)  # lazy init, imports
+        release_free_memory()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with peak_rss() as mem:
+            passes.collect_and_write(imageset, batch)
+    out: dict[str, Any] = {
+        "images": images,
+        "batch_size": batch,
+        "rss_start_mib": mem.start_mib,
+        "rss_peak_mib": mem.peak_mib,
+        "rss_growth_mib": mem.growth_mib,
+        "method": mem.method,
+    }
+    if device.type == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run(size: str, device: torch.device) -> BenchReport:
+    s = settings(size, device)
+    report = BenchReport(NAME, size, str(device))
+    report.details["settings"] = s.__dict__
+    imageset = synthetic_imageset(s.images)
+    with tempfile.TemporaryDirectory(prefix="sdn-bench-analysis-") as tmp:
+        passes = Passes(imageset, s, device, Path(tmp))
+        warm = synthetic_imageset(min(s.images, 4 * s.batch_size), seed=2)
+        for action in (passes.plain, passes.collect_and_write):
+            time_once(lambda action=action: action(warm), device)  # allocator, kernels, imports
+        timings = compare(
+            {
+                "plain_inference": passes.plain,
+                "collect_and_write": passes.collect_and_write,
+                "collect_only": passes.collect_only,
+            },
+            warmup=0,
+            rounds=s.rounds,
+            device=device,
+        )
+        path = passes.store.path_for(passes.key, "test")
+        rows = _rows(path)
+        quarter = max(s.batch_size, s.images // 4)
+        memory = [
+            memory_growth(quarter, s.batch_size, s.width, device),
+            memory_growth(s.images, s.batch_size, s.width, device),
+            memory_growth(quarter, 2 * s.batch_size, s.width, device),
+        ]
+    plain = timings["plain_inference"].median
+    full = timings["collect_and_write"].median
+    collect = timings["collect_only"].median
+    report.details.update(
+        timings={k: v.to_dict() for k, v in timings.items()},
+        parquet_rows=rows,
+        memory=memory,
+        images_per_second_plain=s.images / plain,
+        images_per_second_analysis=s.images / full,
+    )
+    report.add(
+        Figure(
+            name=f"analysis pass (SDN outputs -> Parquet), {s.images} images, ResNet-56 w{s.width:g}",
+            value=full,
+            unit="s",
+            baseline=plain,
+            baseline_label="plain CNN inference, same images",
+            ratio=full / plain,
+            target_op="<=" if size != "smoke" else None,
+            target=TARGET_RATIO if size != "smoke" else None,
+            note=(
+                f"collect without writing {collect:.3g} s (x{collect / plain:.3g}); "
+                f"{rows} Parquet rows; batch {s.batch_size}"
+            ),
+        )
+    )
+    small, large, wide = memory
+    n_ratio = _growth_ratio(large, small)
+    b_ratio = _growth_ratio(wide, small)
+    report.add(
+        Figure(
+            name=f"peak RSS growth of the streamed write: {large['images']} vs {small['images']} images",
+            value=large["rss_growth_mib"],
+            unit="MiB",
+            baseline=small["rss_growth_mib"],
+            baseline_label=f"{small['images']} images, same batch {s.batch_size}",
+            ratio=n_ratio,
+            target_op="<=" if size != "smoke" else None,
+            target=MEMORY_TARGET if size != "smoke" else None,
+            note=f"{large['images'] / small['images']:.0f}x the images; method {small['method']}",
+        )
+    )
+    report.add(
+        Figure(
+            name=f"peak RSS growth: batch {wide['batch_size']} vs {small['batch_size']}",
+            value=wide["rss_growth_mib"],
+            unit="MiB",
+            baseline=small["rss_growth_mib"],
+            baseline_label=f"batch {small['batch_size']}, {small['images']} images",
+            ratio=b_ratio,
+            note="diagnostic: memory should follow the batch size",
+        )
+    )
+    report.notes.append(
+        f"memory target (ours): growth at {large['images'] // small['images']}x the images "
+        f"<= {MEMORY_TARGET}x the growth at 1x"
+    )
+    return report
+
+
+def _growth_ratio(a: dict[str, float], b: dict[str, float]) -> float:
+    """Ratio of two peak growths, with a 1 MiB floor so that near-zero growths do not explode."""
+    return max(a["rss_growth_mib"], 1.0) / max(b["rss_growth_mib"], 1.0)
+
+
+def _rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def main(argv: Sequence[str] | None = None) -> BenchReport | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--memory-probe"]:
+        print(json.dumps(memory_probe(json.loads(argv[1]))))
+        return None
+    return run_main(NAME, __doc__.splitlines()[0], run, argv)
+
+
+if __name__ == "__main__":
+    main()
