@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # idle OpenMP threads would spin on the shared cores
 exec .venv/bin/sdn sweep launch --preset quickstart "$@"

@@ -433,6 +433,22 @@ def test_driver_killed_mid_sweep_then_resume_completes_it(killed_sweep: KilledSw
     check_recorded_once(s.text, s.home, epochs=2)
 
 
+def test_checkpoint_swap_cut_short_by_a_kill_is_recovered(tmp_path: Path) -> None:
+    """A trial killed between the two renames of a checkpoint swap leaves no ``checkpoint`` but
+    the previous one under ``.checkpoint.old-*``: the next attempt resumes from that one."""
+    from sdn.training import recover_checkpoint
+
+    for name, epoch, age_s in ((".checkpoint.old-1a2b3c4d", 3, 5), (".checkpoint.old-5e6f", 2, 50)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(json.dumps({"epoch": epoch}))
+        os.utime(tmp_path / name, (time.time() - age_s,) * 2)  # the newest one is used
+    (tmp_path / ".checkpoint.tmp-x").mkdir()  # an unfinished write: never used
+    recover_checkpoint(tmp_path / "checkpoint")
+    assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text()) == {"epoch": 3}
+    recover_checkpoint(tmp_path / "checkpoint")  # nothing to do once it exists
+    assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text()) == {"epoch": 3}
+
+
 # --- the shared in-process sweep ------------------------------------------------------------------
 
 

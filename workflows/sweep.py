@@ -121,7 +121,8 @@ def check_mlflow_server(uri: str) -> None:
 #: workers with their own environment, not the driver's. ``SDN_TEST_SLOW_EPOCH_S`` and
 #: ``SDN_TEST_PID_DIR`` are the trainable's test hooks (they widen fault-injection windows and
 #: tell a test which process runs a trial and which epochs it ran).
-FORWARDED_ENV = ("SDN_TEST_SLOW_EPOCH_S", "SDN_TEST_PID_DIR")
+# Test hooks, and OpenMP's wait policy (idle threads spinning starve trials on shared cores).
+FORWARDED_ENV = ("SDN_TEST_SLOW_EPOCH_S", "SDN_TEST_PID_DIR", "OMP_WAIT_POLICY")
 
 
 def forwarded_env() -> dict[str, str]:
