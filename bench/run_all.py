@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import time
 import traceback
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from bench.common import (
     Figure,
     describe_machine,
     execute,
+    fmt,
     machine_info,
     print_figures,
     resolve_device,
@@ -52,6 +54,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", default="", help="comma-separated benchmark names (e.g. thresholds,catalogue)"
     )
     parser.add_argument("--results-dir", type=Path, default=None, help="default bench/results")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the figures as a Markdown table"
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="run nothing: print the Markdown table of an earlier summary.json",
+    )
     args = parser.parse_args(argv)
     args.size = "smoke" if args.smoke else "quick" if args.quick else "full"
     return args
@@ -121,11 +132,39 @@ def _error_figure(name: str, error: str) -> Figure:
     return figure
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary's figures as a Markdown table, headed by the machine (for bench/README.md)."""
+    lines = [
+        f"Machine: {describe_machine(summary['machine'])}; size `{summary['size']}`, device "
+        f"`{summary['device']}`, {summary['seconds']:.0f} s in all.",
+        "",
+        "| benchmark | figure | measured | baseline | ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in summary["figures"]:
+        base = "-" if f["baseline"] is None else f"{fmt(f['baseline'], f['unit'])} ({f['baseline_label']})"
+        ratio = "-" if f["ratio"] is None else f"{f['ratio']:.3g}"
+        result = "" if f["passed"] is None else ("pass" if f["passed"] else "**miss**")
+        lines.append(
+            f"| {f['benchmark'].removeprefix('bench_')} | {f['name']} | {fmt(f['value'], f['unit'])} "
+            f"| {base} | {ratio} | {f['target_text']} | {result} |"
+        )
+    for name, error in summary.get("errors", {}).items():
+        lines.append(f"| {name.removeprefix('bench_')} | ERROR: {error} | | | | | **error** |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.from_json is not None:
+        summary = json.loads(args.from_json.read_text())
+        print(markdown_table(summary))
+        return summary
     device = resolve_device(args.device)
     set_threads(args.threads)
     summary = run_all(selected(args.only), args.size, device, args.results_dir)
+    if args.markdown:
+        print(markdown_table(summary))
     return summary
 
 
