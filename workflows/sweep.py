@@ -246,22 +246,15 @@ class SweepDriver:
         }
 
     def _record_pending(self) -> None:
-        from storage.catalogue import RunRecord
-
         for cell in self.cells:
             existing = self._status(cell.run_id)
             if existing is None:
                 self.catalogue.upsert_run(
-                    RunRecord(
-                        run_id=cell.run_id,
-                        sweep=cell.sweep,
-                        arch=cell.arch,
-                        dataset=cell.dataset,
-                        mode=cell.mode,
-                        seed=cell.seed,
+                    _run_record(
+                        cell,
+                        status="pending",
                         width=cell.train.get("width"),
                         epochs=cell.train.get("epochs"),
-                        status="pending",
                         code_version=self.code_version,
                         config=self.trial_config(cell),
                     )
@@ -280,17 +273,10 @@ class SweepDriver:
         self.catalogue.set_status(run_id, status, **kwargs)
 
     def _record_trained(self, cell: Cell, result: dict[str, Any]) -> None:
-        from storage.catalogue import RunRecord
-
         cfg = result.get("config", {})
         self.catalogue.upsert_run(
-            RunRecord(
-                run_id=cell.run_id,
-                sweep=cell.sweep,
-                arch=cell.arch,
-                dataset=cell.dataset,
-                mode=cell.mode,
-                seed=cell.seed,
+            _run_record(
+                cell,
                 width=cfg.get("width"),
                 epochs=result.get("epochs"),
                 status="trained",
@@ -498,22 +484,24 @@ class SweepDriver:
             self.mlflow_client.log_dict(
                 result["mlflow_run_id"], answer["summary"], tracking.SUMMARY_ARTIFACT
             )
-        from storage.catalogue import RunRecord
-
         self.catalogue.record_summary(cell.run_id, summary)
         parquet_dir = str(Path(next(iter(answer["files"].values()))).parent)
-        self.catalogue.upsert_run(
-            RunRecord(
-                run_id=cell.run_id,
-                sweep=cell.sweep,
-                arch=cell.arch,
-                dataset=cell.dataset,
-                mode=cell.mode,
-                seed=cell.seed,
-                status="done",
-                parquet_path=parquet_dir,
-            )
-        )
+        self.catalogue.upsert_run(_run_record(cell, status="done", parquet_path=parquet_dir))
+
+
+def _run_record(cell: Cell, **fields: Any):
+    """A catalogue record for ``cell``: its identity plus the given fields (None keeps stored values)."""
+    from storage.catalogue import RunRecord
+
+    return RunRecord(
+        run_id=cell.run_id,
+        sweep=cell.sweep,
+        arch=cell.arch,
+        dataset=cell.dataset,
+        mode=cell.mode,
+        seed=cell.seed,
+        **fields,
+    )
 
 
 def _trial_name(trial) -> str:
