@@ -238,6 +238,7 @@ def choice_thresholds(grid: np.ndarray, val: Outputs) -> np.ndarray:
     """The grid plus every distinct IC confidence on val: the curve only changes at those values,
     so choosing among them finds the exact best val point, not just the best grid point."""
     distinct = np.unique(val.confidences[:, :-1]).astype(np.float64)
+    distinct = distinct[np.isfinite(distinct)]  # a NaN confidence (a diverged head) never fires
     return np.unique(np.concatenate([grid, np.clip(distinct, 0.0, 1.0)]))
 
 

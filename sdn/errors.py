@@ -17,6 +17,10 @@ class CheckpointError(SDNError):
     """A checkpoint is missing, corrupted or does not fit the model asked for."""
 
 
+class TrainingDiverged(SDNError):
+    """The loss became NaN or infinite: the run's settings (usually its learning rate) must change."""
+
+
 def choice_error(kind: str, value: object, allowed: Iterable[object]) -> SDNError:
     """The standard "unknown X" error: names the value and every allowed one."""
     allowed_text = ", ".join(repr(a) for a in allowed)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdn.data import BatchIterator, DataSplits, ImageSet, check_dataset_name, load_dataset
-from sdn.errors import CheckpointError, SDNError, choice_error
+from sdn.errors import CheckpointError, SDNError, TrainingDiverged, choice_error
 from sdn.models import ARCHITECTURES, SDN, build_cnn, build_model, build_sdn, model_outputs
 
 MODES: tuple[str, ...] = ("cnn", "ic_only", "sdn")
@@ -578,6 +578,11 @@ class Trainer:
         self.scheduler.step()
         train_acc = (correct.double() / seen).tolist()  # the one sync of the epoch
         mean_loss = float(loss_sum) / seen
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch} of {self.config.arch} ({self.config.mode}): "
+                f"the loss is {mean_loss}; lower the learning rate (lr {lr:g} now) or its schedule"
+            )
         train_seconds = time.perf_counter() - start
         val_acc = self.evaluate(self.splits.val) if len(self.splits.val) else []
         self.epoch = epoch

@@ -6,12 +6,13 @@ Models are tiny (width 0.125) and data is 50 digits images, so an epoch takes we
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from sdn.errors import CheckpointError, SDNError
+from sdn.errors import CheckpointError, SDNError, TrainingDiverged
 from sdn.models import SDN
 from sdn.training import TrainConfig, Trainer, ic_coefficients, tau_weights
 
@@ -128,6 +129,16 @@ def test_cnn_and_sdn_epochs_report_every_output(tiny_digits):
     assert not sdn.done
     assert len(sdn.evaluate(tiny_digits.test)) == 7
     assert sdn.model.training  # evaluate() restores the training mode
+
+
+def test_a_diverging_run_stops_with_an_error_naming_the_epoch_and_the_fix(tiny_digits):
+    trainer = Trainer(_cfg("sdn", arch="vgg16", epochs=3, lr=1e6), tiny_digits)
+    message = r"diverged in epoch (\d) of vgg16 \(sdn\): the loss is (nan|-?inf); lower the learning"
+    with pytest.raises(TrainingDiverged, match=message) as caught:
+        list(trainer.run())
+    diverged_in = int(re.search(message, str(caught.value)).group(1))
+    # The diverged epoch is not counted (so it is never checkpointed as if it had trained).
+    assert trainer.epoch == len(trainer.history) == diverged_in - 1
 
 
 def test_ic_only_trains_only_the_heads_and_keeps_the_backbone_in_eval(tiny_digits, cnn_checkpoint):

@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 # Typer >= 0.24 vendors click: its usage errors are these classes, not the click package's.
 from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from sdn.errors import SDNError
+from workflows.console import make_console
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class OneLineErrors(TyperGroup):

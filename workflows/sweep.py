@@ -25,6 +25,7 @@ from rich.console import Console
 from sdn.errors import SDNError
 from sdn.results import RunSummary
 from workflows import layout
+from workflows.console import make_console
 from workflows.paths import StoragePaths
 from workflows.spec import Cell, SweepSpec, sweep_from_dict
 from workflows.version import code_version
@@ -174,7 +175,7 @@ class SweepDriver:
     ):
         self.spec = spec
         self.address = address
-        self.console = console or Console()
+        self.console = console or make_console()
         self.paths = spec.storage_paths()
         self.data_root = spec.data_root()
         self.cells: list[Cell] = spec.cells()
