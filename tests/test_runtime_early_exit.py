@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import cache
 
@@ -200,6 +201,38 @@ def test_modes_and_statistics_are_restored() -> None:
     model.early_exit(inputs(4), 0.5)
     assert all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_a_partly_training_model_answers_as_in_eval_and_keeps_its_modes(batch: int) -> None:
+    """IC-only training leaves the backbone in eval and the heads in train; an early exit called
+    then (after one in full eval mode, which caches the model's module list) must still switch
+    everything to eval for the walk and give every flag back."""
+    model = copy.deepcopy(spread_sdn("resnet56"))
+    x = inputs(batch, seed=4)
+    q = safe_thresholds(model(x), 3)[1]
+    want = model.early_exit(x, q)
+    model.ics.train()
+    got = model.early_exit(x, q)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(m.training for m in model.ics.modules())
+    assert not any(m.training for m in model.backbone.modules())
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_a_nan_confidence_never_fires(batch: int) -> None:
+    """A diverged head gives NaN confidences; like the offline rule (NaN >= q is false), the walk
+    must carry such samples on rather than let them leave there."""
+    model = copy.deepcopy(spread_sdn("resnet56"))
+    with torch.no_grad():
+        model.ics[0].linear.weight.fill_(math.nan)
+    x = inputs(batch, seed=5)
+    with torch.no_grad():
+        outputs = model(x)
+    want_preds, want_exits = offline_early_exit(outputs, 0.0, "final")
+    preds, exits = model.early_exit(x, 0.0)
+    assert (exits == 1).all() and torch.equal(exits, want_exits)
+    assert torch.equal(preds, want_preds)
 
 
 def test_empty_batch() -> None:

@@ -2,7 +2,10 @@
 
 Shrinking the batch needs the host to know how many samples stay: one device-to-host read per IC
 (``nonzero``), the only synchronisation. Everything else stays on the device: the answers are
-written into preallocated tensors, and the leavers' indices are never computed.
+written into preallocated tensors, and the leavers' indices are never computed. A single image
+takes a shorter path with no bookkeeping tensors at all (one scalar read per IC), and the model is
+switched to eval mode only when some submodule is not in it already: per-call overhead is what
+decides whether a batch-1 early exit realises the saving its FLOPs promise.
 
 Measured on an H100 (eager PyTorch 2.11, batch 1 and 256, full width): with nobody exiting the
 walk takes 1.1-2x the time of a plain SDN forward (per-IC reads and bookkeeping on networks this
@@ -13,9 +16,13 @@ either way), so the simple form stays.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from sdn.errors import SDNError, choice_error
 from sdn.models.flops import eval_mode
@@ -103,6 +110,53 @@ def _shrink(stay_mask: torch.Tensor, h: torch.Tensor, answers: _Answers) -> torc
     return h
 
 
+_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextmanager
+def _in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """``eval_mode(model)``, skipped when every submodule is already in eval mode.
+
+    ``eval_mode`` walks the module tree twice and calls ``eval()`` on each module: about 1.4 ms for
+    ResNet-56 on a CPU core, 10-30 % of a whole batch-1 early exit. Scanning the cached tuple of
+    submodules costs about 15 us. An SDN's module tree is fixed once built, so the tuple is cached
+    per model (weakly: it goes with the model).
+    """
+    modules = _SUBMODULES.get(model)
+    if modules is None:
+        modules = _SUBMODULES.setdefault(model, tuple(model.modules()))
+    if any(m.training for m in modules):
+        with eval_mode(model):
+            yield
+    else:
+        yield
+
+
+def _early_exit_one(
+    model: SDN, x: torch.Tensor, q: float, most_confident: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The walk for a batch of one: a scalar read per IC decides, no batch to shrink."""
+    backbone = model.backbone
+    best: tuple[float, torch.Tensor] | None = None
+    h = backbone.stem(x)
+    for block, k in zip(backbone.blocks, model.ic_index_per_block, strict=True):
+        h = block(h)
+        if k < 0:
+            continue
+        conf, pred = confidence(model.ics[k](h))
+        c = float(conf)  # the one sync per IC
+        if c >= q:
+            return pred, torch.full_like(pred, k)
+        if most_confident and (best is None or c > best[0]):  # ties go to the shallower output
+            best = (c, pred)
+    conf, pred = confidence(backbone.head(h))
+    if best is not None and not float(conf) > best[0]:
+        pred = best[1]
+    return pred, torch.full_like(pred, model.num_exits - 1)
+
+
 @torch.no_grad()
 def run_early_exit(
     model: SDN, x: torch.Tensor, threshold: float, fallback: str = "final"
@@ -111,11 +165,15 @@ def run_early_exit(
     q = check_threshold(threshold)
     if fallback not in FALLBACKS:
         raise choice_error("fallback", fallback, FALLBACKS)
-    answers = _Answers(x, model.num_exits, track_best=fallback == "most_confident")
+    most_confident = fallback == "most_confident"
+    if x.shape[0] == 1:
+        with _in_eval_mode(model):
+            return _early_exit_one(model, x, q, most_confident)
+    answers = _Answers(x, model.num_exits, track_best=most_confident)
     if x.shape[0] == 0:
         return answers.preds, answers.exits
     backbone = model.backbone
-    with eval_mode(model):
+    with _in_eval_mode(model):
         h = backbone.stem(x)
         for block, k in zip(backbone.blocks, model.ic_index_per_block, strict=True):
             h = block(h)
@@ -123,7 +181,8 @@ def run_early_exit(
                 continue
             conf, pred = confidence(model.ics[k](h))
             answers.record(k, conf, pred)
-            shrunk = _shrink(conf < q, h, answers)
+            # not (conf >= q), rather than conf < q: a NaN confidence never fires (as offline).
+            shrunk = _shrink(conf.ge(q).logical_not_(), h, answers)
             if shrunk is None:  # everyone has left: skip the rest of the network
                 return answers.preds, answers.exits
             h = shrunk
