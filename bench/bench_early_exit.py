@@ -24,9 +24,7 @@ value qualifies, it is the median over images of their best confidence among the
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +70,8 @@ def settings(size: str, device: torch.device) -> Settings:
         smoke=Settings(("resnet56",), 0.125, 1, 64, 32, (1, 16), 4, 1, 1),
         quick=Settings(
             ("resnet56", "vgg16"), 1.0, 5 if gpu else 3, None, 32, (1, 128),
-            images_batch1=200 if gpu else 48, batches_large=3 if gpu else 2,
-            rounds=7 if gpu else 5,
+            images_batch1=100 if gpu else 48, batches_large=3 if gpu else 2,
+            rounds=5 if gpu else 4,
         ),
         full=Settings(
             ("resnet56", "vgg16"), 1.0, 5, None, 32, (1, 128),
@@ -144,44 +142,11 @@ def choose_threshold(model: Any, x: torch.Tensor) -> tuple[float, float, str]:
             return q, share, f"largest grid value with >= 50 % exiting by IC {EXIT_BY}"
     q = float(np.median(best_early))
     share = float((best_early >= np.float32(q)).mean())
-    return q, share, f"median of the best confidence over ICs 0..{EXIT_BY - 1} (no grid value qualified)"
-
-
-# ------------------------------------------------------------- prototype of a product fix
-_MODULES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
-
-
-@contextmanager
-def _eval_mode_fast_path(module: Any) -> Iterator[Any]:
-    """``sdn.models.flops.eval_mode`` that does nothing when every submodule is already in eval.
-
-    The product's ``eval_mode`` walks ``module.modules()`` twice and calls ``module.eval()`` on
-    every call: about 1.4 ms for ResNet-56 on this CPU, i.e. 10-30 % of a batch-1 early exit. A
-    flag scan over a cached tuple of the submodules costs about 15 us.
-    """
-    from sdn.models.flops import eval_mode
-
-    mods = _MODULES.get(module)
-    if mods is None:
-        mods = _MODULES.setdefault(module, tuple(module.modules()))
-    if not any(m.training for m in mods):
-        yield module
-        return
-    with eval_mode(module):
-        yield module
-
-
-@contextmanager
-def eval_mode_fast_path() -> Iterator[None]:
-    """Swap the prototype into ``sdn.models.runtime`` for the duration (bench only)."""
-    import sdn.models.runtime as runtime
-
-    original = runtime.eval_mode
-    runtime.eval_mode = _eval_mode_fast_path
-    try:
-        yield
-    finally:
-        runtime.eval_mode = original
+    return (
+        q,
+        share,
+        f"median of the best confidence over ICs 0..{EXIT_BY - 1} (no grid value qualified)",
+    )
 
 
 # -------------------------------------------------------------------------------- measurements
@@ -242,12 +207,8 @@ def measure(model: Any, x: torch.Tensor, q: float, batch: int, s: Settings, devi
         for xb in xs:
             model.early_exit(xb, q)
 
-    def early_fast() -> None:
-        with eval_mode_fast_path():
-            early()
-
     timings = compare(
-        {"full": full, "early_exit": early, "early_exit_fast_path": early_fast},
+        {"full": full, "early_exit": early},
         warmup=1,
         rounds=s.rounds,
         device=device,
@@ -259,7 +220,6 @@ def measure(model: Any, x: torch.Tensor, q: float, batch: int, s: Settings, devi
     seg = segment_times(model, xs, max(1, s.rounds // 2), device)
     time_predicted = seg[-1] / seg[exits].mean()
     measured = timings["full"].median / timings["early_exit"].median
-    measured_fast = timings["full"].median / timings["early_exit_fast_path"].median
     # Process CPU time: on a loaded machine with one torch thread it is far steadier than wall time.
     cpu = {k: t.cpu_median or float("nan") for k, t in timings.items()}
     measured_cpu = cpu["full"] / cpu["early_exit"]
@@ -269,12 +229,9 @@ def measure(model: Any, x: torch.Tensor, q: float, batch: int, s: Settings, devi
         "images": int(sum(xb.shape[0] for xb in xs)),
         "full_s": timings["full"].to_dict(),
         "early_exit_s": timings["early_exit"].to_dict(),
-        "early_exit_fast_path_s": timings["early_exit_fast_path"].to_dict(),
         "measured_speedup": measured,
-        "measured_speedup_fast_path": measured_fast,
         "measured_speedup_cpu_time": measured_cpu,
         "ratio_cpu_time": measured_cpu / float(predicted),
-        "ratio_fast_path": measured_fast / float(predicted),
         "flop_predicted_speedup": float(predicted),
         "time_predicted_speedup": float(time_predicted),
         "ratio": measured / float(predicted),
@@ -342,17 +299,6 @@ def run(size: str, device: torch.device) -> BenchReport:
                     baseline_label="segment-time-predicted speed-up",
                     ratio=m["implementation_efficiency"],
                     note="diagnostic: the implementation's own efficiency (no target)",
-                )
-            )
-            report.add(
-                Figure(
-                    name=f"{arch} w{s.width:g} b{batch}: same, eval_mode fast path (prototype)",
-                    value=m["measured_speedup_fast_path"],
-                    unit="x",
-                    baseline=m["flop_predicted_speedup"],
-                    baseline_label="FLOP-predicted speed-up",
-                    ratio=m["ratio_fast_path"],
-                    note="diagnostic: runtime.eval_mode skipped when already in eval (bench patch)",
                 )
             )
         report.details[arch] = arch_details
