@@ -10,6 +10,11 @@
    8 trainings back to back in this process with 2 torch threads. Target: ratio (concurrent wall /
    back-to-back wall) < 1. ``ray.init`` is timed separately (a sweep pays it once).
 
+Trials run with ``TuneConfig(reuse_actors=True)``, as the sweep driver runs them: a finished
+trial's worker process (its imports and ``workflows.trainable``'s data cache) takes the next trial.
+Diagnostic: the trivial trials again with ``reuse_actors=False`` (Ray 2.60's default), a fresh
+process per trial.
+
 Ray runs locally with ``num_cpus=2`` (the trials run on the CPU even where there is a GPU), with
 ``RAY_AUTH_MODE=disabled`` and ``RAY_USAGE_STATS_ENABLED=0``, and is shut down afterwards unless it
 was already running when the benchmark started.
@@ -137,8 +142,12 @@ def tune_fit(
     concurrent: int,
     storage: str,
     name: str,
+    reuse_actors: bool = True,
 ) -> tuple[float, list[dict[str, Any]]]:
-    """Run ``configs`` as Tune trials the way the sweep driver does; (wall seconds, last results)."""
+    """Run ``configs`` as Tune trials the way the sweep driver does; (wall seconds, last results).
+
+    ``reuse_actors=False`` (Ray's default) is the diagnostic: a fresh worker process per trial.
+    """
     import ray
     from ray import tune
 
@@ -155,6 +164,7 @@ def tune_fit(
             search_alg=CellSearcher(configs),
             num_samples=len(configs),
             max_concurrent_trials=concurrent,
+            reuse_actors=reuse_actors,
             trial_name_creator=lambda t: str(t.config.get("run_id", t.trial_id)),
             trial_dirname_creator=lambda t: str(t.config.get("run_id", t.trial_id)),
         ),
@@ -192,8 +202,7 @@ def run(size: str, device: Any) -> BenchReport:
     threads = torch.get_num_threads()
     start = time.perf_counter()
     own_in_process = [
-        train_short({**c, "threads": s.threads_in_process}, lambda m: None)
-        for c in short_configs
+        train_short({**c, "threads": s.threads_in_process}, lambda m: None) for c in short_configs
     ]
     sequential_s = time.perf_counter() - start
     torch.set_num_threads(threads)
@@ -203,10 +212,15 @@ def run(size: str, device: Any) -> BenchReport:
 
     try:
         with tempfile.TemporaryDirectory(prefix="sdn-bench-tune-") as storage:
-            trivial = [{"run_id": f"trivial{i}", "work_s": s.work_s} for i in range(s.trivial_trials)]
+            trivial = [
+                {"run_id": f"trivial{i}", "work_s": s.work_s} for i in range(s.trivial_trials)
+            ]
             trivial_wall, trivial_results = tune_fit(trivial_trial, trivial, 1, storage, "trivial")
             concurrent_wall, short_results = tune_fit(
                 short_trial, short_configs, s.concurrent, storage, "short"
+            )
+            fresh_trivial_wall, fresh_trivial = tune_fit(
+                trivial_trial, trivial, 1, storage, "trivial_fresh", reuse_actors=False
             )
     finally:
         if started:
@@ -216,7 +230,10 @@ def run(size: str, device: Any) -> BenchReport:
     per_trial = trivial_wall / s.trivial_trials
     overhead = (trivial_wall - own) / s.trivial_trials
     own_short = [float(r.get("own_s", 0.0)) for r in short_results]
+    fresh_own = sum(float(r.get("own_s", 0.0)) for r in fresh_trivial)
+    fresh_overhead = (fresh_trivial_wall - fresh_own) / s.trivial_trials
     report.details.update(
+        fresh_process_trivial_wall_s=fresh_trivial_wall,
         ray_init_s=init_s,
         ray_started_here=started,
         trivial_wall_s=trivial_wall,
@@ -255,6 +272,17 @@ def run(size: str, device: Any) -> BenchReport:
                 f"own time per trial: {sum(own_short) / len(own_short):.2f} s in Tune (1 thread) vs "
                 f"{sum(own_in_process) / len(own_in_process):.2f} s in process (2 threads)"
             ),
+        )
+    )
+    report.add(
+        Figure(
+            name="same trivial trials, a fresh process each (reuse_actors=False)",
+            value=fresh_overhead,
+            unit="s",
+            baseline=overhead,
+            baseline_label="overhead per trial with reuse_actors=True (the sweep driver's)",
+            ratio=fresh_overhead / overhead if overhead > 0 else None,
+            note="diagnostic: what reusing worker processes saves",
         )
     )
     return report

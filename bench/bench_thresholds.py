@@ -129,9 +129,7 @@ def run(size: str, device: torch.device) -> BenchReport:
     )
 
     inference_all_s = per_image_s * s.samples * s.thresholds
-    flop_scaled_s = per_image_s * s.samples * float(
-        np.sum(curve.relative_cost / costs[-1])
-    )
+    flop_scaled_s = per_image_s * s.samples * float(np.sum(curve.relative_cost / costs[-1]))
     t = curve_timing.median
     report.details.update(
         curve_s=curve_timing.to_dict(),

@@ -54,13 +54,9 @@ def settings(size: str, device: torch.device) -> Settings:
         # (see bench.common.channels_last_safe), and this benchmark compares both settings.
         smoke=Settings(("vgg16",), 0.125, 128, 64, 1),
         quick=Settings(
-            ("resnet56",),
-            1.0 if gpu else 0.5,
-            5_120 if gpu else 512,
-            128,
-            2,
+            ("resnet56",), 1.0 if gpu else 0.5, 5_120 if gpu else 1_024, 128, 2 if gpu else 3
         ),
-        full=Settings(("resnet56", "vgg16"), 1.0, 10_240 if gpu else 2_048, 128, 3),
+        full=Settings(("resnet56", "vgg16"), 1.0, 10_240 if gpu else 4_096, 128, 3),
     )
 
 
@@ -94,7 +90,9 @@ class MinimalLoop:
     """The hand-written baseline (see the module docstring); ``feed="batch_iterator"`` swaps its
     pre-normalised tensors for the project's augmenting ``BatchIterator``."""
 
-    def __init__(self, config: Any, splits: Any, device: torch.device, feed: str = "tensor") -> None:
+    def __init__(
+        self, config: Any, splits: Any, device: torch.device, feed: str = "tensor"
+    ) -> None:
         from sdn.data import BatchIterator
         from sdn.models import build_sdn
         from sdn.training import tau_weights
@@ -151,7 +149,8 @@ class MinimalLoop:
             with autocast():
                 outputs = model(x)
             loss = sum(
-                w * F.cross_entropy(o.float(), y) for w, o in zip(self.weights, outputs, strict=True)
+                w * F.cross_entropy(o.float(), y)
+                for w, o in zip(self.weights, outputs, strict=True)
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

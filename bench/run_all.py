@@ -142,7 +142,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for f in summary["figures"]:
-        base = "-" if f["baseline"] is None else f"{fmt(f['baseline'], f['unit'])} ({f['baseline_label']})"
+        base = (
+            "-"
+            if f["baseline"] is None
+            else f"{fmt(f['baseline'], f['unit'])} ({f['baseline_label']})"
+        )
         ratio = "-" if f["ratio"] is None else f"{f['ratio']:.3g}"
         result = "" if f["passed"] is None else ("pass" if f["passed"] else "**miss**")
         lines.append(

@@ -233,6 +233,26 @@ def test_channels_last_inputs() -> None:
 # ---- IC head and tap points ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [2, 8, 32])
+def test_ic_head_gives_the_same_logits_and_gradients_for_channels_last_maps(size: int) -> None:
+    """The channels_last path flattens in NHWC order with a permuted weight: same numbers."""
+    torch.manual_seed(0)
+    ic = InternalClassifier(6, size, 5)
+    x = torch.randn(3, 6, size, size)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ic.zero_grad()
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        logits = ic(xi)
+        logits.square().sum().backward()
+        results.append((logits, xi.grad, [p.grad.clone() for p in ic.parameters()]))
+    (a, ga, pa), (b, gb, pb) = results
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ga, gb)
+    for u, v in zip(pa, pb, strict=True):
+        torch.testing.assert_close(u, v)
+
+
 @pytest.mark.parametrize(("size", "pooled"), [(2, 2), (4, 4), (8, 4), (16, 4), (32, 4), (6, 6)])
 def test_ic_head_pooling_rule(size: int, pooled: int) -> None:
     ic = InternalClassifier(5, size, 3)

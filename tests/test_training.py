@@ -133,7 +133,9 @@ def test_cnn_and_sdn_epochs_report_every_output(tiny_digits):
 
 def test_a_diverging_run_stops_with_an_error_naming_the_epoch_and_the_fix(tiny_digits):
     trainer = Trainer(_cfg("sdn", arch="vgg16", epochs=3, lr=1e6), tiny_digits)
-    message = r"diverged in epoch (\d) of vgg16 \(sdn\): the loss is (nan|-?inf); lower the learning"
+    message = (
+        r"diverged in epoch (\d) of vgg16 \(sdn\): the loss is (nan|-?inf); lower the learning"
+    )
     with pytest.raises(TrainingDiverged, match=message) as caught:
         list(trainer.run())
     diverged_in = int(re.search(message, str(caught.value)).group(1))

@@ -7,6 +7,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+_NHWC = torch.channels_last
+
+
 class MixedPool(nn.Module):
     """``alpha * maxpool_k(x) + (1 - alpha) * avgpool_k(x)`` with kernel = stride = k.
 
@@ -45,4 +48,14 @@ class InternalClassifier(nn.Module):
         self.linear = nn.Linear(channels * pooled * pooled, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.pool(x).flatten(1))
+        p = self.pool(x)
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=_NHWC):
+            # A channels_last map flattened in NCHW order is copied, and in training the gradient
+            # then reaches the pooling in NCHW while its input is NHWC, so the pooling backward
+            # copies whole feature maps (4 activation-size copies per IC per step). Flattening in
+            # the map's own order is a view; the Linear weight (small) is permuted to match, so
+            # the parameters, the state dict and the result are those of the NCHW path.
+            n, c, h, w = p.shape
+            weight = self.linear.weight.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(-1, h * w * c)
+            return F.linear(p.permute(0, 2, 3, 1).reshape(n, -1), weight, self.linear.bias)
+        return self.linear(p.flatten(1))
