@@ -37,6 +37,7 @@ from bench.common import (
     cache_dir,
     channels_last_safe,
     compare,
+    paired_ratio,
     pick,
     run_main,
     synchronize,
@@ -71,7 +72,7 @@ def settings(size: str, device: torch.device) -> Settings:
         quick=Settings(
             ("resnet56", "vgg16"), 1.0, 5 if gpu else 3, None, 32, (1, 128),
             images_batch1=100 if gpu else 48, batches_large=3 if gpu else 2,
-            rounds=5 if gpu else 4,
+            rounds=5 if gpu else 7,
         ),
         full=Settings(
             ("resnet56", "vgg16"), 1.0, 5, None, 32, (1, 128),
@@ -219,10 +220,12 @@ def measure(model: Any, x: torch.Tensor, q: float, batch: int, s: Settings, devi
     predicted = costs[-1] / costs[exits].mean()
     seg = segment_times(model, xs, max(1, s.rounds // 2), device)
     time_predicted = seg[-1] / seg[exits].mean()
-    measured = timings["full"].median / timings["early_exit"].median
+    # Per-round ratio: the two ran seconds apart in each round (see bench.common.paired_ratio).
+    measured = paired_ratio(timings["full"].samples, timings["early_exit"].samples)
     # Process CPU time: on a loaded machine with one torch thread it is far steadier than wall time.
     cpu = {k: t.cpu_median or float("nan") for k, t in timings.items()}
     measured_cpu = cpu["full"] / cpu["early_exit"]
+    measured_medians = timings["full"].median / timings["early_exit"].median
     counts = np.bincount(exits, minlength=model.num_exits)
     return {
         "batch_size": batch,
@@ -231,6 +234,7 @@ def measure(model: Any, x: torch.Tensor, q: float, batch: int, s: Settings, devi
         "early_exit_s": timings["early_exit"].to_dict(),
         "measured_speedup": measured,
         "measured_speedup_cpu_time": measured_cpu,
+        "measured_speedup_ratio_of_medians": measured_medians,
         "ratio_cpu_time": measured_cpu / float(predicted),
         "flop_predicted_speedup": float(predicted),
         "time_predicted_speedup": float(time_predicted),

@@ -1,8 +1,10 @@
 """Training throughput: sdn vs cnn epochs, the project's Trainer vs a minimal loop, and settings.
 
 Figures (all throughputs in training images per second, epochs interleaved round by round so that
-load on a shared machine falls on every variant alike; the first round is a warm-up, and each
-variant's best round is reported, its median kept in the JSON):
+load on a shared machine falls on every variant alike; the first round is a warm-up). Each ratio is
+the median over rounds of the two variants' ratio within a round (``bench.common.paired_ratio``):
+this VM's speed jumps between modes minutes apart, and epochs of one round share the mode. The
+absolute numbers shown are each variant's best round; medians are in the JSON.
 
 1. ``sdn``-mode epoch time / ``cnn``-mode epoch time, same architecture (``Trainer``). Target <= 1.10.
 2. ``Trainer`` throughput / a minimal hand-written PyTorch loop on the same model and data. Target
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import BenchReport, Figure, pick, run_main, synchronize
+from bench.common import BenchReport, Figure, paired_ratio, pick, run_main, synchronize
 
 NAME = "bench_training"
 SDN_VS_CNN_TARGET = 1.10
@@ -54,7 +56,7 @@ def settings(size: str, device: torch.device) -> Settings:
         # (see bench.common.channels_last_safe), and this benchmark compares both settings.
         smoke=Settings(("vgg16",), 0.125, 128, 64, 1),
         quick=Settings(
-            ("resnet56",), 1.0 if gpu else 0.5, 5_120 if gpu else 1_024, 128, 2 if gpu else 3
+            ("resnet56",), 1.0 if gpu else 0.5, 5_120 if gpu else 512, 128, 2 if gpu else 6
         ),
         full=Settings(("resnet56", "vgg16"), 1.0, 10_240 if gpu else 4_096, 128, 3),
     )
@@ -214,9 +216,13 @@ def run(size: str, device: torch.device) -> BenchReport:
         if gpu:
             variants["trainer_sdn_no_amp"] = TrainerVariant(replace(base, amp=False), splits)
         samples = interleave(variants, s.rounds)
-        # Best round per variant: load from other processes only ever slows an epoch down, and
-        # the rounds are interleaved, so the best rounds are the comparable, undisturbed ones.
+        # Best round per variant for the absolute numbers; the ratios pair rounds (paired()).
         ips = {name: max(v) for name, v in samples.items()}
+
+        def paired(a: str, b: str) -> float:
+            """Throughput a / throughput b, per round (see bench.common.paired_ratio)."""
+            return paired_ratio(samples[a], samples[b])
+
         report.details.setdefault("median_images_per_second", {})[arch] = {
             name: _median(v) for name, v in samples.items()
         }
@@ -229,7 +235,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="s",
                 baseline=s.train_images / ips["trainer_cnn"],
                 baseline_label="cnn-mode epoch",
-                ratio=ips["trainer_cnn"] / ips["trainer_sdn"],
+                ratio=paired("trainer_cnn", "trainer_sdn"),
                 target_op="<=" if check else None,
                 target=SDN_VS_CNN_TARGET if check else None,
                 note=f"{s.train_images} images, batch {s.batch_size}",
@@ -242,7 +248,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["loop_sdn"],
                 baseline_label="minimal loop, pre-normalised tensors",
-                ratio=ips["trainer_sdn"] / ips["loop_sdn"],
+                ratio=paired("trainer_sdn", "loop_sdn"),
                 target_op=">=" if check else None,
                 target=TRAINER_VS_LOOP_TARGET if check else None,
                 note="sdn mode; Trainer augments every batch, the minimal loop does not",
@@ -255,7 +261,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["loop_sdn"],
                 baseline_label="minimal loop, pre-normalised tensors",
-                ratio=ips["loop_sdn_batch_iterator"] / ips["loop_sdn"],
+                ratio=paired("loop_sdn_batch_iterator", "loop_sdn"),
                 note="diagnostic: what the data pipeline costs",
             )
         )
@@ -266,7 +272,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["trainer_sdn_no_channels_last"],
                 baseline_label="channels_last off",
-                ratio=ips["trainer_sdn"] / ips["trainer_sdn_no_channels_last"],
+                ratio=paired("trainer_sdn", "trainer_sdn_no_channels_last"),
                 note="> 1: channels_last helps here",
             )
         )
@@ -278,7 +284,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                     unit="img/s",
                     baseline=ips["trainer_sdn_no_amp"],
                     baseline_label="AMP off (fp32)",
-                    ratio=ips["trainer_sdn"] / ips["trainer_sdn_no_amp"],
+                    ratio=paired("trainer_sdn", "trainer_sdn_no_amp"),
                     note="> 1: bf16 autocast helps here",
                 )
             )

@@ -147,6 +147,19 @@ def compare(
     return timings
 
 
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of ``numerator[r] / denominator[r]`` for interleaved samples.
+
+    On these shared VMs an action's speed jumps between modes (the same epoch took 2.7 or 3.6 s of
+    CPU time, minutes apart), and a ratio of two medians can pair a fast-mode median with a
+    slow-mode one. Samples taken in the same round ran seconds apart, in the same mode, so the
+    per-round ratio cancels the mode.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("paired_ratio needs two equally long, non-empty sample lists")
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
+
+
 # ---------------------------------------------------------------------------------------- memory
 def _status_kib(field_name: str) -> int:
     """A ``VmRSS``/``VmHWM`` field of /proc/self/status in KiB (0 where there is no /proc)."""

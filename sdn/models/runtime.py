@@ -19,6 +19,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -110,51 +111,78 @@ def _shrink(stay_mask: torch.Tensor, h: torch.Tensor, answers: _Answers) -> torc
     return h
 
 
-_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class _Plan:
+    """What a walk needs of a model, worked out once per model.
+
+    ``segments[k]`` is (the blocks that run before exit k, exit k's head); the last one ends with
+    the final head. ``modules`` lists every submodule, for the eval-mode check.
+    """
+
+    modules: tuple[nn.Module, ...]
+    segments: tuple[tuple[tuple[nn.Module, ...], nn.Module], ...]
+
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _plan(model: SDN) -> _Plan:
+    """The model's plan; cached weakly (an SDN's module tree is fixed once built)."""
+    plan = _PLANS.get(model)
+    if plan is None:
+        backbone = model.backbone
+        segments, blocks = [], []
+        for block, k in zip(backbone.blocks, model.ic_index_per_block, strict=True):
+            blocks.append(block)
+            if k >= 0:
+                segments.append((tuple(blocks), model.ics[k]))
+                blocks = []
+        segments.append((tuple(blocks), backbone.head))
+        plan = _PLANS.setdefault(model, _Plan(tuple(model.modules()), tuple(segments)))
+    return plan
 
 
 @contextmanager
-def _in_eval_mode(model: nn.Module) -> Iterator[None]:
+def _in_eval_mode(model: nn.Module, plan: _Plan) -> Iterator[None]:
     """``eval_mode(model)``, skipped when every submodule is already in eval mode.
 
     ``eval_mode`` walks the module tree twice and calls ``eval()`` on each module: about 1.4 ms for
-    ResNet-56 on a CPU core, 10-30 % of a whole batch-1 early exit. Scanning the cached tuple of
-    submodules costs about 15 us. An SDN's module tree is fixed once built, so the tuple is cached
-    per model (weakly: it goes with the model).
+    ResNet-56 on a CPU core, 10-30 % of a whole batch-1 early exit. Scanning the plan's tuple of
+    submodules costs about 15 us.
     """
-    modules = _SUBMODULES.get(model)
-    if modules is None:
-        modules = _SUBMODULES.setdefault(model, tuple(model.modules()))
-    if any(m.training for m in modules):
+    if any(m.training for m in plan.modules):
         with eval_mode(model):
             yield
     else:
         yield
 
 
+def _run(blocks: tuple[nn.Module, ...], h: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        h = block(h)
+    return h
+
+
 def _early_exit_one(
-    model: SDN, x: torch.Tensor, q: float, most_confident: bool
+    model: SDN, plan: _Plan, x: torch.Tensor, q: float, most_confident: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The walk for a batch of one: a scalar read per IC decides, no batch to shrink."""
-    backbone = model.backbone
+    final = len(plan.segments) - 1
     best: tuple[float, torch.Tensor] | None = None
-    h = backbone.stem(x)
-    for block, k in zip(backbone.blocks, model.ic_index_per_block, strict=True):
-        h = block(h)
-        if k < 0:
-            continue
-        conf, pred = confidence(model.ics[k](h))
+    h = model.backbone.stem(x)
+    for k, (blocks, head) in enumerate(plan.segments[:final]):
+        h = _run(blocks, h)
+        conf, pred = confidence(head(h))
         c = float(conf)  # the one sync per IC
         if c >= q:
             return pred, torch.full_like(pred, k)
         if most_confident and (best is None or c > best[0]):  # ties go to the shallower output
             best = (c, pred)
-    conf, pred = confidence(backbone.head(h))
+    blocks, head = plan.segments[final]
+    conf, pred = confidence(head(_run(blocks, h)))
     if best is not None and not float(conf) > best[0]:
         pred = best[1]
-    return pred, torch.full_like(pred, model.num_exits - 1)
+    return pred, torch.full_like(pred, final)
 
 
 @torch.no_grad()
@@ -166,26 +194,26 @@ def run_early_exit(
     if fallback not in FALLBACKS:
         raise choice_error("fallback", fallback, FALLBACKS)
     most_confident = fallback == "most_confident"
+    plan = _plan(model)
     if x.shape[0] == 1:
-        with _in_eval_mode(model):
-            return _early_exit_one(model, x, q, most_confident)
+        with _in_eval_mode(model, plan):
+            return _early_exit_one(model, plan, x, q, most_confident)
     answers = _Answers(x, model.num_exits, track_best=most_confident)
     if x.shape[0] == 0:
         return answers.preds, answers.exits
-    backbone = model.backbone
-    with _in_eval_mode(model):
-        h = backbone.stem(x)
-        for block, k in zip(backbone.blocks, model.ic_index_per_block, strict=True):
-            h = block(h)
-            if k < 0:
-                continue
-            conf, pred = confidence(model.ics[k](h))
+    final = len(plan.segments) - 1
+    with _in_eval_mode(model, plan):
+        h = model.backbone.stem(x)
+        for k, (blocks, head) in enumerate(plan.segments[:final]):
+            h = _run(blocks, h)
+            conf, pred = confidence(head(h))
             answers.record(k, conf, pred)
             # not (conf >= q), rather than conf < q: a NaN confidence never fires (as offline).
             shrunk = _shrink(conf.ge(q).logical_not_(), h, answers)
             if shrunk is None:  # everyone has left: skip the rest of the network
                 return answers.preds, answers.exits
             h = shrunk
-        conf, pred = confidence(backbone.head(h))
+        blocks, head = plan.segments[final]
+        conf, pred = confidence(head(_run(blocks, h)))
     answers.finish(conf, pred)
     return answers.preds, answers.exits
