@@ -219,10 +219,6 @@ def run(size: str, device: torch.device) -> BenchReport:
         # Best round per variant for the absolute numbers; the ratios pair rounds (paired()).
         ips = {name: max(v) for name, v in samples.items()}
 
-        def paired(a: str, b: str) -> float:
-            """Throughput a / throughput b, per round (see bench.common.paired_ratio)."""
-            return paired_ratio(samples[a], samples[b])
-
         report.details.setdefault("median_images_per_second", {})[arch] = {
             name: _median(v) for name, v in samples.items()
         }
@@ -235,7 +231,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="s",
                 baseline=s.train_images / ips["trainer_cnn"],
                 baseline_label="cnn-mode epoch",
-                ratio=paired("trainer_cnn", "trainer_sdn"),
+                ratio=paired_ratio(samples["trainer_cnn"], samples["trainer_sdn"]),
                 target_op="<=" if check else None,
                 target=SDN_VS_CNN_TARGET if check else None,
                 note=f"{s.train_images} images, batch {s.batch_size}",
@@ -248,7 +244,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["loop_sdn"],
                 baseline_label="minimal loop, pre-normalised tensors",
-                ratio=paired("trainer_sdn", "loop_sdn"),
+                ratio=paired_ratio(samples["trainer_sdn"], samples["loop_sdn"]),
                 target_op=">=" if check else None,
                 target=TRAINER_VS_LOOP_TARGET if check else None,
                 note="sdn mode; Trainer augments every batch, the minimal loop does not",
@@ -261,7 +257,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["loop_sdn"],
                 baseline_label="minimal loop, pre-normalised tensors",
-                ratio=paired("loop_sdn_batch_iterator", "loop_sdn"),
+                ratio=paired_ratio(samples["loop_sdn_batch_iterator"], samples["loop_sdn"]),
                 note="diagnostic: what the data pipeline costs",
             )
         )
@@ -272,7 +268,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                 unit="img/s",
                 baseline=ips["trainer_sdn_no_channels_last"],
                 baseline_label="channels_last off",
-                ratio=paired("trainer_sdn", "trainer_sdn_no_channels_last"),
+                ratio=paired_ratio(samples["trainer_sdn"], samples["trainer_sdn_no_channels_last"]),
                 note="> 1: channels_last helps here",
             )
         )
@@ -284,7 +280,7 @@ def run(size: str, device: torch.device) -> BenchReport:
                     unit="img/s",
                     baseline=ips["trainer_sdn_no_amp"],
                     baseline_label="AMP off (fp32)",
-                    ratio=paired("trainer_sdn", "trainer_sdn_no_amp"),
+                    ratio=paired_ratio(samples["trainer_sdn"], samples["trainer_sdn_no_amp"]),
                     note="> 1: bf16 autocast helps here",
                 )
             )
