@@ -56,7 +56,7 @@ def settings(size: str) -> Settings:
     return pick(
         size,
         smoke=Settings(1, 2, 2, "vgg16", 0.125, 32, 1, 0.05, 1),
-        quick=Settings(3, 8, 2, "resnet56", 0.5, 512, 1, WORK_S, 2),
+        quick=Settings(3, 8, 2, "resnet56", 0.5, 1024, 1, WORK_S, 2),
         full=Settings(8, 8, 2, "resnet56", 0.5, 512, 3, WORK_S, 2),
     )
 

@@ -387,7 +387,7 @@ class SweepDriver:
                 num_samples=len(todo),
                 max_concurrent_trials=self.spec.resources.max_concurrent_trials,
                 # A trial in a fresh process pays its imports (torch, MLflow, scikit-learn) and data
-                # loading again: about 2 s of Tune overhead per trial instead of 1 on 2 CPU cores
+                # loading again: 3.0 s of Tune overhead per trial instead of 1.1 on 2 CPU cores
                 # (bench_orchestration). Every trial of a sweep asks for the same resources, so
                 # Tune can hand a finished trial's worker to the next one.
                 reuse_actors=True,
