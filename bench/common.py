@@ -439,7 +439,9 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     """The flags every benchmark takes: size (--smoke / --quick / full) and --device."""
     parser = argparse.ArgumentParser(description=description)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes in all")
+    group.add_argument(
+        "--quick", action="store_true", help="smaller sizes: 1-3 minutes on 2 CPU cores"
+    )
     group.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(

@@ -46,7 +46,9 @@ BENCHMARKS = (
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes in all")
+    group.add_argument(
+        "--quick", action="store_true", help="smaller sizes: about 10 minutes in all on 2 CPU cores"
+    )
     group.add_argument("--smoke", action="store_true", help="tiny sizes: checks that all run")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
