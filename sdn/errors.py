@@ -17,6 +17,11 @@ class CheckpointError(SDNError):
     """A checkpoint is missing, corrupted or does not fit the model asked for."""
 
 
+class ServiceUnreachable(SDNError):
+    """A service the work needs (Ray, an MLflow tracking server) does not answer. The CLI exits
+    with 3 instead of 2: the input may be fine, the service is what must be started or fixed."""
+
+
 class TrainingDiverged(SDNError):
     """The loss became NaN or infinite: the run's settings (usually its learning rate) must change."""
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sdn.errors import SDNError
+from sdn.errors import SDNError, ServiceUnreachable
 from sdn.errors import choice_error as sdn_choice_error
 
 
 class StorageError(SDNError):
     """A stored file or database is missing, corrupted, of an unknown version, or misused."""
+
+
+class StoreUnreachable(StorageError, ServiceUnreachable):
+    """An MLflow tracking server (or another remote store) did not answer within its bounded
+    retries."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -21,12 +21,13 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage.errors import StorageError, one_line
+from storage.errors import StorageError, StoreUnreachable, one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -105,7 +106,7 @@ def server_reachable(uri: str, timeout_s: float = 2.0) -> bool:
     """
     try:
         _check_server(uri, attempts=1, timeout_s=timeout_s)
-    except StorageError:
+    except StoreUnreachable:
         return False
     return True
 
@@ -126,7 +127,7 @@ def _check_server(uri: str, *, attempts: int, timeout_s: float) -> None:
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError) as exc:
             last = one_line(getattr(exc, "reason", exc) or exc)
-    raise StorageError(
+    raise StoreUnreachable(
         f"MLflow tracking server {uri} is unreachable after {max(1, attempts)} tries ({last}); "
         "start it or fix the URI"
     )
@@ -135,7 +136,7 @@ def _check_server(uri: str, *, attempts: int, timeout_s: float) -> None:
 def _create_schema(uri: str) -> None:
     """Create (or verify) the tracking and registry tables with one cheap query each."""
     if uri.startswith(_SQLITE_PREFIX):
-        path = Path(uri[len(_SQLITE_PREFIX) :])
+        path = Path(urllib.parse.unquote(uri[len(_SQLITE_PREFIX) :]))  # as SQLAlchemy reads it
         if path.is_dir():
             raise StorageError(f"MLflow database {uri} is a directory, not a SQLite file")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,13 +35,15 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from sqlalchemy import Connection
-
-from sdn.results import OperatingPoint
 from storage.errors import StorageError, choice_error
+
+if TYPE_CHECKING:  # the CLI's read path runs the query on plain sqlite3, without pandas
+    import pandas as pd
+    from sqlalchemy import Connection
+
+    from sdn.results import OperatingPoint
 
 EPS = 1e-9
 STANDARD_DROPS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -279,6 +281,7 @@ def best_early_exit(
     per_run: bool,
     terms: dict[str, str],
     params: dict[str, Any],
+    as_frame: bool = True,
 ) -> pd.DataFrame:
     """See ``Catalogue.best_early_exit``. ``terms`` maps filter names to conditions on
     ``runs AS r`` (built from a whitelist; the values are bound in ``params``)."""
@@ -297,8 +300,11 @@ def best_early_exit(
         "split": split,
     }
     result = conn.exec_driver_sql(sql, values)
-    out = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    out["exits_per_output"] = [
-        None if v is None else json.loads(v) for v in out["exits_per_output"]
-    ]
-    return out
+    columns = list(result.keys())
+    k = columns.index("exits_per_output")
+    rows = [(*r[:k], None if r[k] is None else json.loads(r[k]), *r[k + 1 :]) for r in result]
+    if not as_frame:  # (columns, rows) for callers without pandas (``conn`` may be sqlite3's)
+        return columns, rows  # type: ignore[return-value]
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)

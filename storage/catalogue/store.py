@@ -34,13 +34,12 @@ from storage.catalogue.models import (
     Run,
     Sweep,
 )
+from storage.catalogue.readonly import MODES, SPLITS, STATUSES, check_schema, run_sql
 from storage.catalogue.summary import summary_rows, write_summary
 from storage.errors import StorageError, choice_error, one_line
 
 T = TypeVar("T")
-MODES = ("cnn", "ic_only", "sdn")
-STATUSES = ("pending", "running", "trained", "done", "failed", "skipped")
-SPLITS = ("val", "test")
+__all__ = ["MODES", "SPLITS", "STATUSES", "Catalogue", "RunRecord"]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -80,19 +79,43 @@ class RunRecord:
 
 
 class Catalogue:
-    """The results catalogue in the SQLite file ``path`` (created or migrated on open)."""
+    """The results catalogue in the SQLite file ``path``.
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float = 30.0) -> None:
+    A writer (the default) creates the file or migrates it to the newest schema on open.
+    ``read_only=True`` opens an existing catalogue without changing anything (see
+    ``storage.catalogue.readonly``): no file is created, nothing is migrated (a too-old schema is
+    a ``CatalogueTooOld`` error naming ``sdn catalogue upgrade``), and every write method raises.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        busy_timeout_s: float = 30.0,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.read_only = read_only
+        self.revision: tuple[str | None, str] | None = None  # (before, after) of the open
+        if read_only:
+            con = read_only_connection(self.path, busy_timeout_s)  # checks the file first
+            try:
+                check_schema(con, self.path)
+            finally:
+                con.close()
+            self._open_engine()
+            return
         check_sqlite_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_engine()
-        with_retry(self.path, lambda: upgrade(self.engine, self.path), what="schema upgrade")
+        self.revision = with_retry(
+            self.path, lambda: upgrade(self.engine, self.path), what="schema upgrade"
+        )
 
     def _open_engine(self) -> None:
         self._pid = os.getpid()
-        self.engine = make_engine(self.path, self.busy_timeout_s)
+        self.engine = make_engine(self.path, self.busy_timeout_s, read_only=self.read_only)
         self._writer = self.engine.execution_options(**WRITE)
 
     def _check_process(self) -> None:
@@ -115,6 +138,8 @@ class Catalogue:
 
     # ------------------------------------------------------------------ plumbing
     def _write(self, what: str, action: Callable[[Connection], T]) -> T:
+        if self.read_only:
+            raise StorageError(f"catalogue {self.path} is open read-only; cannot {what}")
         self._check_process()
 
         def attempt() -> T:
@@ -306,24 +331,30 @@ class Catalogue:
             )
         )
 
-    def sql(self, query: str, params: Any = None) -> pd.DataFrame:
+    def sql(
+        self,
+        query: str,
+        params: Any = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+    ) -> pd.DataFrame:
         """Run one SQL statement on a read-only connection; anything that writes (INSERT, DROP,
-        ATTACH, setting a PRAGMA) fails with a one-line StorageError."""
+        ATTACH, setting a PRAGMA) fails with a one-line StorageError. ``timeout_s`` stops a long
+        query (``db.QueryTimeout``); Ctrl-C stops it at once (KeyboardInterrupt); more than
+        ``max_rows`` rows is an error."""
         try:
             con = read_only_connection(self.path, self.busy_timeout_s)
+        except StorageError:
+            raise
         except Exception as exc:  # sqlite3.Error, OSError
             raise StorageError(
                 f"cannot open catalogue {self.path} read-only: {one_line(exc)}"
             ) from None
         try:
-            cursor = con.execute(query, params or ())
-            rows = cursor.fetchall()
-            columns = [d[0] for d in cursor.description or ()]
-        except Exception as exc:  # sqlite3.Error, or a bad parameter type
-            reason = one_line(exc)
-            if "not authorized" in reason or "readonly" in reason:
-                reason += " (sql() only reads: no writes, DDL, ATTACH or PRAGMA settings)"
-            raise StorageError(f"catalogue {self.path}: query failed: {reason}") from None
+            rows = run_sql(
+                con, self.path, query, params or (), timeout_s=timeout_s, max_rows=max_rows
+            )
         finally:
             con.close()
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows.rows, columns=rows.columns)
