@@ -28,17 +28,9 @@ from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from torch import nn
 
 from storage.errors import StorageError, one_line
 from storage.mlflow_setup import ensure_tracking_store, make_client
-from storage.model_export import (
-    example_input,
-    model_config,
-    portable_copy,
-    read_weights,
-    write_weights,
-)
 from storage.model_refs import (
     LATEST,
     check_model_name,
@@ -49,6 +41,7 @@ from storage.model_refs import (
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+    from torch import nn
 
 __all__ = ["ModelVersionRef", "Registry", "registered_model_name"]
 
@@ -106,7 +99,7 @@ class Registry:
         task never adds a version. ``input_example`` (an image batch) defaults to random noise of
         the config's image size; it only fixes input shapes for the export.
         """
-        config = model_config(model)
+        config = _export().model_config(model)
         run_id = check_run_id(run_id)
         tags = {str(k): str(v) for k, v in tags.items()}
         tags.setdefault("architecture", str(config.get("arch", "")))
@@ -157,7 +150,7 @@ class Registry:
     def _log_weights(self, model: nn.Module, run_id: str, artifact_path: str) -> None:
         """The real module's state dict + config as run artifacts (for ``load_module``)."""
         with TemporaryDirectory() as tmp:
-            write_weights(model, Path(tmp))
+            _export().write_weights(model, Path(tmp))
             self.client.log_artifacts(run_id, tmp, artifact_path=artifact_path)
 
     def _log_exported(
@@ -192,7 +185,7 @@ class Registry:
             with TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model"
                 mlflow.pytorch.save_model(
-                    portable_copy(model),
+                    _export().portable_copy(model),
                     str(local),
                     mlflow_model=Model(
                         artifact_path=logged.artifact_location,
@@ -201,7 +194,7 @@ class Registry:
                         model_id=logged.model_id,
                     ),
                     serialization_format="pt2",
-                    input_example=example_input(config, input_example),
+                    input_example=_export().example_input(config, input_example),
                     pip_requirements=_pip_requirements(),
                     metadata=_export_metadata(config),
                 )
@@ -305,7 +298,7 @@ class Registry:
         with TemporaryDirectory() as tmp:
             with self._errors(f"downloading the weights of {where}"):
                 local = self.client.download_artifacts(mv.run_id, path, tmp)
-            return read_weights(Path(local), where)
+            return _export().read_weights(Path(local), where)
 
     def load_exported(self, ref: str | ModelVersionRef) -> nn.Module:
         """The exported all-exits model (``mlflow.pytorch.load_model``): ``[B, exits, classes]``.
@@ -438,6 +431,14 @@ class Registry:
             raise
         except (MlflowException, OSError) as exc:
             raise _storage_error(exc, doing, self.tracking_uri) from exc
+
+
+def _export() -> Any:
+    """``storage.model_export``, imported on first use: it imports torch, which listing models
+    does not need."""
+    from storage import model_export
+
+    return model_export
 
 
 def _ref(mv: ModelVersion) -> ModelVersionRef:
