@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from sdn import errors as sdn_errors
 from sdn.errors import SDNError
 from sdn.results import RunSummary
 from workflows import layout
@@ -35,8 +36,8 @@ class SweepError(SDNError):
     """A sweep cannot start or continue for a reason the user can fix."""
 
 
-class ServiceUnreachable(SweepError):
-    """Ray or MLflow could not be reached."""
+class ServiceUnreachable(SweepError, sdn_errors.ServiceUnreachable):
+    """Ray or MLflow could not be reached (exit code 3)."""
 
 
 @dataclass
@@ -131,18 +132,85 @@ def forwarded_env() -> dict[str, str]:
     return {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
 
 
-def connect_ray(address: str | None, env_vars: dict[str, str]) -> None:
-    """Join the given cluster (or RAY_ADDRESS, or start a local one), with workers' env set."""
-    import ray
+#: A local Ray's own settings, applied before Ray is imported (see :func:`secure_local_ray`).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TOKEN_FILE = "ray/auth_token"  # under the sweep's home
 
+
+def secure_local_ray(token_dir: Path | None) -> dict[str, str]:
+    """Settings that keep a new local Ray instance off the network; returns what it set.
+
+    * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read by Ray when it is imported) makes Ray take
+      127.0.0.1 as the node's address, and with it every listener binds loopback: GCS, raylet,
+      object manager, workers, dashboard agent, runtime-env agent and metrics (checked with
+      ``ss -ltnp``; without it they bind the machine's addresses). Only for a cluster started by
+      this process: nodes of a real cluster must reach each other.
+    * Ray's token authentication stays on (``RAY_AUTH_MODE=token``), so other users of the same
+      machine, who can reach loopback, cannot submit work either. The token is generated on first
+      use, 256 random bits, in ``token_dir/auth_token`` with mode 0600, and handed to Ray with
+      ``RAY_AUTH_TOKEN_PATH``.
+
+    A setting the user made (any of these variables, or ``RAY_AUTH_TOKEN``) is left as it is;
+    the test suite sets ``RAY_AUTH_MODE=disabled`` for its own clusters. The variables are set in
+    this process's environment because Ray reads them there and its processes inherit them.
+    """
+    applied: dict[str, str] = {}
+    for key, value in LOOPBACK_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = applied[key] = value
+    if "RAY_AUTH_MODE" in os.environ:
+        return applied
+    os.environ["RAY_AUTH_MODE"] = applied["RAY_AUTH_MODE"] = "token"
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return applied
+    if token_dir is None:  # Ray generates ~/.ray/auth_token itself
+        return applied
+    path = ensure_token(Path(token_dir) / "auth_token")
+    os.environ["RAY_AUTH_TOKEN_PATH"] = applied["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return applied
+
+
+def ensure_token(path: Path) -> Path:
+    """A token file readable by its owner only, created with 256 random bits if missing."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        if not path.read_text(encoding="ascii", errors="replace").strip():
+            raise SweepError(
+                f"Ray token file {path} is empty; delete it to get a new one"
+            ) from None
+        return path
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+def connect_ray(
+    address: str | None, env_vars: dict[str, str], token_dir: Path | None = None
+) -> None:
+    """Join the given cluster (or RAY_ADDRESS, or start a local one), with workers' env set.
+
+    A local instance is kept off the network (:func:`secure_local_ray`; its token goes under
+    ``token_dir``), has no dashboard (no HTTP server at all), and with ``SDN_RAY_TEMP_DIR`` its own
+    session folder, so its processes can be told from any other Ray on the machine.
+    """
     if address and address != "auto":  # checked even when joined: never run on another cluster
         _check_tcp(address)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    import sys
+
+    if local and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        secure_local_ray(token_dir)
+    import ray
+
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": env_vars}
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    # A local instance gets no dashboard (no HTTP server at all); SDN_RAY_TEMP_DIR gives it its
-    # own session folder, so its processes can be told from any other Ray on the machine.
     extra = (
         {"_temp_dir": os.environ["SDN_RAY_TEMP_DIR"]}
         if local and os.environ.get("SDN_RAY_TEMP_DIR")
@@ -202,6 +270,7 @@ class SweepDriver:
                 **bounded_http_env(),
                 **forwarded_env(),
             },
+            token_dir=Path(self.paths.home) / Path(TOKEN_FILE).parent,
         )
         for path in (self.paths.home, self.paths.tune, self.paths.predictions, self.paths.reports):
             Path(path).mkdir(parents=True, exist_ok=True)
