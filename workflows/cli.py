@@ -1,23 +1,27 @@
 """The ``sdn`` command line: sweeps, the catalogue, registered models and reports.
 
-Exit codes (every command):
+Exit codes (every command; ``workflows.exit_codes`` is the one mapping):
   0  success
   1  the work ran but part of it failed (a sweep with failed or skipped cells)
-  2  bad input: a user mistake, reported on one line, nothing written
-  3  a service could not be reached (Ray, MLflow)
-  130 interrupted (Ctrl-C); `sdn sweep resume NAME` continues a sweep
+  2  bad input: a user mistake or a missing/damaged file, reported on one line, nothing written
+  3  a service could not be reached (Ray, an MLflow tracking server)
+  130 interrupted (Ctrl-C)
+
+Reads are fast and write nothing: the read commands import neither torch, Ray nor MLflow (only a
+command that loads a model or talks to MLflow does), open the catalogue read-only and never
+migrate it. Locations come from one resolver (``workflows.paths.resolve_cli``: option >
+``$SDN_*`` > home); nothing here changes the environment. Every listing prints through a table
+view (``workflows.views``) and takes ``--format table|csv|json``, ``--columns`` and ``--wide``.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import sys
-from collections.abc import Callable
-from enum import StrEnum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -26,12 +30,11 @@ from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from sdn.errors import SDNError
-from workflows.console import make_console
+from workflows import inputs, views
+from workflows.exit_codes import ExitCode, fail, handled
+from workflows.tables import Choice, Format, View, check_columns, emit
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-console = make_console()
-err_console = make_console(stderr=True)
+SWEEP_HINT = "`sdn sweep resume {name}` continues the sweep"
 
 
 class OneLineErrors(TyperGroup):
@@ -58,14 +61,12 @@ class OneLineErrors(TyperGroup):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             message = " ".join(exc.format_message().split())
-            err_console.print(
-                f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True
-            )
+            sys.stderr.write(f"error: {message}{hint}\n")
             sys.exit(exc.exit_code)
-        except typer.Abort:
-            err_console.print("error: aborted", highlight=False, markup=False)
-            sys.exit(EXIT_INTERRUPTED)
-        sys.exit(code if isinstance(code, int) else EXIT_OK)
+        except (typer.Abort, KeyboardInterrupt):
+            sys.stderr.write("error: interrupted\n")
+            sys.exit(ExitCode.INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 
 app = typer.Typer(
@@ -73,14 +74,16 @@ app = typer.Typer(
     name="sdn",
     help="Shallow-Deep Networks at scale: sweeps on Ray Tune, a results catalogue, an MLflow "
     "model registry and early-exit inference.\n\nExit codes: 0 ok, 1 partly failed, 2 bad input, "
-    "3 service unreachable, 130 interrupted.",
+    "3 Ray or MLflow unreachable, 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-sweep_app = typer.Typer(help="Launch, resume and inspect sweeps.", no_args_is_help=True)
-catalogue_app = typer.Typer(help="Query the results catalogue (SQLite).", no_args_is_help=True)
+sweep_app = typer.Typer(help="Launch, resume, validate and inspect sweeps.", no_args_is_help=True)
+catalogue_app = typer.Typer(
+    help="Query the results catalogue (SQLite, opened read-only).", no_args_is_help=True
+)
 models_app = typer.Typer(
     help="Registered models: list, fetch, early-exit inference.", no_args_is_help=True
 )
@@ -88,54 +91,11 @@ app.add_typer(sweep_app, name="sweep")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(models_app, name="models")
 
-F = TypeVar("F", bound=Callable[..., Any])
 
+def _console() -> Any:
+    from workflows.console import make_console
 
-class Format(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def handled(func: F) -> F:
-    """Turn user mistakes into one line on stderr and an exit code, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from workflows.sweep import ServiceUnreachable
-
-        try:
-            return func(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except ServiceUnreachable as exc:
-            fail(_one_line(exc), EXIT_UNREACHABLE)
-        except SDNError as exc:
-            fail(_one_line(exc), EXIT_USAGE)
-        except OSError as exc:  # a full disk, a read-only or vanished path the command needed
-            where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or _one_line(exc)}", EXIT_USAGE)
-        except KeyboardInterrupt:
-            fail("interrupted; `sdn sweep resume NAME` continues a sweep", EXIT_INTERRUPTED)
-        except Exception as exc:
-            if os.environ.get("SDN_DEBUG"):
-                raise
-            fail(
-                f"internal error: {type(exc).__name__}: {_one_line(exc)} (set SDN_DEBUG=1 for the traceback)",
-                70,
-            )
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines)[:1000] if lines else type(exc).__name__
+    return make_console()
 
 
 # --- shared options -------------------------------------------------------------------------------
@@ -150,225 +110,372 @@ CatalogueOpt = Annotated[
     Path | None,
     typer.Option(
         "--catalogue",
-        help="Catalogue file (default: HOME/catalogue.db or $SDN_CATALOGUE).",
+        help="Catalogue file (default: $SDN_CATALOGUE, else HOME/catalogue.db).",
         show_default=False,
     ),
 ]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
-
-
-def _home(home: Path | None) -> Path:
-    return Path(home or os.environ.get("SDN_HOME") or "sdn-home").expanduser().absolute()
-
-
-def _catalogue_path(home: Path | None, catalogue: Path | None) -> Path:
-    if catalogue is not None:
-        return catalogue.expanduser().absolute()
-    if os.environ.get("SDN_CATALOGUE"):
-        return Path(os.environ["SDN_CATALOGUE"]).expanduser().absolute()
-    return _home(home) / "catalogue.db"
-
-
-def open_catalogue(home: Path | None, catalogue: Path | None):
-    """An existing catalogue (never creates one: a query must not write anything)."""
-    from storage.catalogue import Catalogue
-
-    path = _catalogue_path(home, catalogue)
-    if not path.exists():
-        raise SDNError(f"no catalogue at {path}; launch a sweep first or pass --home/--catalogue")
-    return Catalogue(path)
-
-
-def _tracking_uri(home: Path | None, tracking_uri: str | None) -> str:
-    if tracking_uri:
-        return tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = _home(home) / "mlflow.db"
-    if not db.exists():
-        raise SDNError(
-            f"no MLflow store at {db}; launch a sweep first, or pass --tracking-uri/--home"
-        )
-    return f"sqlite:///{db}"
-
-
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///HOME/mlflow.db).",
+        help="MLflow tracking URI (default: $SDN_MLFLOW_TRACKING_URI, $MLFLOW_TRACKING_URI, "
+        "else sqlite:///HOME/mlflow.db).",
+        show_default=False,
+    ),
+]
+PredictionsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--predictions",
+        help="Parquet root (default: $SDN_PREDICTIONS, else HOME/predictions).",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="Comma-separated columns to show, by key (see --wide or --format json for keys).",
+        show_default=False,
+    ),
+]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Every column (the table only).")]
+AllowEmptyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-empty",
+        help="Accept filter values the catalogue does not hold (an empty answer, not an error).",
     ),
 ]
 
+ArchOpt = Annotated[list[str] | None, typer.Option("--arch", help="Architecture (repeatable).")]
+DatasetOpt = Annotated[list[str] | None, typer.Option("--dataset", help="Data set (repeatable).")]
+ModeOpt = Annotated[
+    list[str] | None, typer.Option("--mode", help="cnn, ic_only or sdn (repeatable).")
+]
+SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeatable).")]
+StatusOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        help="pending, running, trained, done, failed or skipped (repeatable).",
+    ),
+]
+SweepOpt = Annotated[list[str] | None, typer.Option("--sweep", help="Sweep name (repeatable).")]
 
-def emit(df, fmt: Format, title: str | None = None) -> None:
-    """Print a DataFrame as a table, CSV or JSON (records)."""
-    import pandas as pd
 
-    if fmt is Format.csv:
-        sys.stdout.write(df.to_csv(index=False))
-    elif fmt is Format.json:
-        sys.stdout.write(
-            df.to_json(orient="records", date_format="iso", default_handler=str) + "\n"
+# --- where things are -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """A command's resolved locations and where each came from (for messages)."""
+
+    paths: Any  # workflows.paths.StoragePaths
+    sources: dict[str, str]
+
+    def named(self, field: str) -> str:
+        source = self.sources[field]
+        if source == "default":
+            return "the default home"
+        return source.replace(" (under home)", "")
+
+
+def where(
+    home: Path | None = None,
+    catalogue: Path | None = None,
+    predictions: Path | None = None,
+    tracking_uri: str | None = None,
+) -> Where:
+    from workflows.paths import resolve_cli
+
+    paths, sources = resolve_cli(
+        home=home, catalogue=catalogue, predictions=predictions, tracking_uri=tracking_uri
+    )
+    found = Where(paths, sources)
+    inputs.home_folder(paths.home, found.named("home"))
+    return found
+
+
+@contextmanager
+def read_catalogue(w: Where) -> Iterator[Any]:
+    """The catalogue, read-only (storage.catalogue.readonly): nothing is created or migrated."""
+    from storage.catalogue.readonly import open_reader
+
+    path = w.paths.catalogue
+    if not path.exists():
+        raise SDNError(
+            f"no catalogue at {path} (from {w.named('catalogue')}); launch a sweep first, or "
+            "pass --home or --catalogue"
         )
-    else:
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col in df.columns:
-            table.add_column(str(col), overflow="fold")
-        for row in df.itertuples(index=False):
-            table.add_row(*[_cell(v) for v in row])
-        console.print(table)
-        if df.empty:
-            console.print("(no rows)")
-    _ = pd
+    with open_reader(path) as reader:
+        yield reader
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if value != value else f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
+def check_filters(reader: Any, allow_empty: bool, **given: Any) -> dict[str, Any]:
+    """The filters given, checked: a mode, status or split must be a word the catalogue uses; an
+    architecture, data set, seed or sweep must be one the catalogue holds, unless
+    ``allow_empty`` (then it simply matches nothing)."""
+    from storage.catalogue.readonly import MODES, STATUSES
+
+    fixed = {"mode": MODES, "status": STATUSES}
+    out = {}
+    for name, values in given.items():
+        if not values:
+            continue
+        option = f"--{name}"
+        if name in fixed:
+            for value in values:
+                inputs.one_of(value, option, fixed[name])
+        elif not allow_empty:
+            known = reader.known_values(name)
+            missing = [v for v in values if v not in known]
+            if missing:
+                held = ", ".join(map(str, known)) if known else "none yet"
+                raise SDNError(
+                    f"{option} {', '.join(map(repr, missing))}: not in the catalogue; it holds: "
+                    f"{held} (--allow-empty accepts an empty answer)"
+                )
+        out[name] = values
+    return out
+
+
+def choice_of(view: View, fmt: Format, columns: str | None, wide: bool) -> Choice:
+    choice = Choice.parse(fmt, columns, wide)
+    if not view.open:
+        check_columns(view, choice)
+    return choice
+
+
+def show(rows: Any, view: View, choice: Choice, notes: tuple[str, ...] = (), **kw: Any) -> None:
+    emit(
+        rows,
+        view,
+        choice,
+        notes=notes,
+        console=_console() if choice.fmt is Format.table else None,
+        **kw,
+    )
+
+
+def check_tracking(w: Where) -> str:
+    """The tracking URI, usable for reading: a server that answers (else exit 3, within seconds),
+    or an existing MLflow database (never created or migrated by a read)."""
+    from urllib.parse import unquote
+
+    uri = w.paths.mlflow_tracking_uri
+    source = w.named("mlflow_tracking_uri")
+    if uri.startswith(("http://", "https://")):
+        from storage.mlflow_setup import ensure_tracking_store
+
+        ensure_tracking_store(uri, attempts=2, timeout_s=2.0)
+        return uri
+    if uri.startswith("sqlite:///"):
+        path = Path(unquote(uri[len("sqlite:///") :]))
+        if not path.is_file():
+            raise SDNError(
+                f"no MLflow store at {path} (from {source}); launch a sweep first, or pass "
+                "--tracking-uri or --home"
+            )
+        _check_mlflow_file(path)
+    return uri
+
+
+def _check_mlflow_file(path: Path) -> None:
+    """An MLflow SQLite store: its tables are there (an empty file is not initialised)."""
+    import sqlite3
+
+    from storage.catalogue.db import read_only_uri
+
+    try:
+        if path.stat().st_size == 0:
+            raise SDNError(f"MLflow store {path} is an empty file, not an MLflow database")
+        con = sqlite3.connect(read_only_uri(path), uri=True, timeout=5.0)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise SDNError(f"MLflow store {path} cannot be read: {exc}") from None
+    if not {"experiments", "alembic_version"} <= tables:
+        raise SDNError(f"{path} is not an MLflow database (no experiments table)")
 
 
 # --- sweep -----------------------------------------------------------------------------------------
 
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster address (HOST:PORT or auto); default: $RAY_ADDRESS or a local Ray.",
+    ),
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper."),
+]
+FileArg = Annotated[Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)]
 
-@sweep_app.command("launch")
-@handled
-def sweep_launch(
-    file: Annotated[
-        Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)
-    ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper."),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="Ray cluster address (HOST:PORT or auto); default: $RAY_ADDRESS or a local Ray.",
-        ),
-    ] = None,
-    home: HomeOpt = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Live progress table.")
-    ] = True,
-) -> None:
-    """Train, analyse and catalogue every cell of a sweep. Launching again resumes it."""
+
+def _load_spec(file: Path | None, preset: str | None) -> Any:
     from workflows.spec import load_preset, load_sweep
 
-    if (file is None) == (preset is None):
-        raise SDNError("give either a sweep FILE or --preset NAME (not both)")
-    spec = load_sweep(file) if file is not None else load_preset(preset)
-    _run_sweep(spec, address, home, progress)
+    inputs.exactly_one({"a sweep FILE": file, "--preset NAME": preset})
+    return load_sweep(file) if file is not None else load_preset(preset)
+
+
+def _with_home(spec: Any, home: Path | None) -> Any:
+    """The spec with ``--home`` as its storage home (the file's own setting may not conflict)."""
+    if home is None:
+        return spec
+    home = home.expanduser().absolute()
+    inputs.home_folder(home, "--home")
+    if spec.storage.home and Path(spec.storage.home).expanduser().absolute() != home:
+        raise SDNError(
+            f"--home {home} conflicts with the sweep's storage.home {spec.storage.home}; "
+            "give one of them"
+        )
+    storage = spec.storage.model_copy(update={"home": str(home)})
+    return spec.model_copy(update={"storage": storage})
+
+
+@sweep_app.command("launch")
+@handled(SWEEP_HINT)
+def sweep_launch(
+    file: FileArg = None,
+    preset: PresetOpt = None,
+    address: AddressOpt = None,
+    home: HomeOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train, analyse and catalogue every cell of a sweep. Launching again resumes it."""
+    spec = _with_home(_load_spec(file, preset), home)
+    _run_sweep(spec, address, progress)
 
 
 @sweep_app.command("resume")
-@handled
+@handled(SWEEP_HINT)
 def sweep_resume(
     name: Annotated[str, typer.Argument(help="Name of a sweep launched before.")],
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    address: AddressOpt = None,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Continue an interrupted sweep with the spec it was launched with; finished cells are kept."""
-    from workflows.sweep import stored_spec
+    from workflows.spec import sweep_from_dict
 
-    if home is not None:
-        os.environ["SDN_HOME"] = str(_home(home))
-    spec = stored_spec(_catalogue_path(home, catalogue), name)
-    _run_sweep(spec, address, home, progress)
+    w = where(home, catalogue)
+    with read_catalogue(w) as reader:
+        data = reader.sweep_spec(name)
+        if data is None:
+            known = ", ".join(reader.known_values("sweep")) or "none"
+            raise SDNError(f"unknown sweep {name!r} in {w.paths.catalogue}; known sweeps: {known}")
+    spec = _with_home(sweep_from_dict(data, label=f"stored sweep {name!r}"), home)
+    _run_sweep(spec, address, progress)
 
 
-def _run_sweep(spec, address: str | None, home: Path | None, progress: bool) -> None:
+def _run_sweep(spec: Any, address: str | None, progress: bool) -> None:
     from workflows.summary import print_summary
     from workflows.sweep import launch
 
-    if home is not None:
-        os.environ["SDN_HOME"] = str(_home(home))
+    console = _console()
     try:
         outcome = launch(spec, address=address, console=console, progress=progress)
     except KeyboardInterrupt:
-        fail(f"interrupted; `sdn sweep resume {spec.name}` continues the sweep", EXIT_INTERRUPTED)
+        fail(
+            f"interrupted; `sdn sweep resume {spec.name}` continues the sweep",
+            ExitCode.INTERRUPTED,
+        )
     print_summary(spec, outcome, console)
     if not outcome.ok:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.PARTIAL)
+
+
+@sweep_app.command("validate")
+@handled()
+def sweep_validate(
+    file: FileArg = None,
+    preset: PresetOpt = None,
+    home: HomeOpt = None,
+    fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
+) -> None:
+    """Check a sweep file (or preset) without running or writing anything: its cells, their
+    dependency order and an estimate of the training work."""
+    from workflows.plan import plan
+
+    choice = choice_of(views.CELLS, fmt, columns, wide)
+    spec = _with_home(_load_spec(file, preset), home)
+    cells = plan(spec)
+    from storage.catalogue.readonly import Rows
+
+    rows = Rows.from_records([c.to_dict() for c in cells], [c.key for c in views.CELLS.cols])
+    grid = spec.grid
+    waves = max((c.wave for c in cells), default=0)
+    known = [c.work for c in cells if c.work is not None]
+    total = f"{sum(known):,} image-epochs" if known else "unknown (folder data not on disk)"
+    if known and len(known) < len(cells):
+        total += f" for {len(known)} of {len(cells)} cells (folder data not on disk)"
+    paths = spec.storage_paths()
+    at_once = spec.resources.max_concurrent_trials or "as many as fit"
+    notes = (
+        f"sweep {spec.name}: valid, {len(cells)} cells ({len(grid.architectures)} architectures x "
+        f"{len(grid.datasets)} data sets x {len(grid.modes)} modes x {len(grid.seeds)} seeds)",
+        f"order: {waves} wave(s); an ic_only cell starts when its cnn cell (after) is done",
+        f"work = epochs x training images; in all {total}",
+        f"trials at once: {at_once}, {spec.resources.cpus_per_trial:g} CPU each",
+        f"state would go to {paths.home} "
+        f"({'exists' if paths.home.exists() else 'not created yet'}); nothing was written",
+    )
+    show(rows, views.CELLS, choice, notes)
 
 
 @sweep_app.command("status")
-@handled
+@handled()
 def sweep_status(
     name: Annotated[str | None, typer.Argument(help="Sweep name (default: all sweeps).")] = None,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Each run's status, epochs, MLflow run and registered version."""
-    with open_catalogue(home, catalogue) as cat:
-        filters = {"sweep": name} if name else {}
-        if name and cat.sql("SELECT 1 FROM sweeps WHERE name = ?", (name,)).empty:
-            raise SDNError(f"unknown sweep {name!r}; `sdn sweep list` shows the known ones")
-        df = cat.runs(**filters)
-    cols = [
-        c
-        for c in (
-            "run_id",
-            "arch",
-            "dataset",
-            "mode",
-            "seed",
-            "status",
-            "epochs",
-            "model_name",
-            "model_version",
-            "started_at",
-            "ended_at",
-            "error",
-        )
-        if c in df.columns
-    ]
-    emit(df[cols], fmt, title=f"sweep {name}" if name else "all runs")
+    """Each run's mode, status, epochs, best validation accuracy, registered version and MLflow
+    run."""
+    choice = choice_of(views.STATUS, fmt, columns, wide)
+    with read_catalogue(where(home, catalogue)) as reader:
+        if name is not None and name not in reader.known_values("sweep"):
+            known = ", ".join(reader.known_values("sweep")) or "none yet"
+            raise SDNError(f"unknown sweep {name!r}; known sweeps: {known}")
+        rows = reader.runs(sweep=name) if name else reader.runs()
+    show(rows, views.STATUS, choice, title=f"sweep {name}" if name else "all sweeps")
 
 
 @sweep_app.command("list")
-@handled
+@handled()
 def sweep_list(
-    home: HomeOpt = None, catalogue: CatalogueOpt = None, fmt: FormatOpt = Format.table
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
     """Every sweep in the catalogue with its run counts by status."""
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.sql(
-            "SELECT s.name AS sweep, s.created_at, s.code_version, COUNT(r.id) AS runs, "
-            "SUM(r.status = 'done') AS done, SUM(r.status = 'failed') AS failed, "
-            "SUM(r.status IN ('pending', 'running', 'trained')) AS in_progress "
-            "FROM sweeps s LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id ORDER BY s.created_at"
-        )
-    emit(df, fmt, title="sweeps")
+    choice = choice_of(views.SWEEPS, fmt, columns, wide)
+    with read_catalogue(where(home, catalogue)) as reader:
+        rows = reader.sweeps()
+    show(rows, views.SWEEPS, choice)
 
 
 # --- catalogue -------------------------------------------------------------------------------------
 
-ArchOpt = Annotated[list[str] | None, typer.Option("--arch", help="Architecture (repeatable).")]
-DatasetOpt = Annotated[list[str] | None, typer.Option("--dataset", help="Data set (repeatable).")]
-ModeOpt = Annotated[list[str] | None, typer.Option("--mode", help="Training mode (repeatable).")]
-SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeatable).")]
-StatusOpt = Annotated[list[str] | None, typer.Option("--status", help="Run status (repeatable).")]
-SweepOpt = Annotated[list[str] | None, typer.Option("--sweep", help="Sweep name (repeatable).")]
-
-
-def _filters(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v}
-
 
 @catalogue_app.command("runs")
-@handled
+@handled()
 def catalogue_runs(
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
@@ -376,166 +483,312 @@ def catalogue_runs(
     seed: SeedOpt = None,
     status: StatusOpt = None,
     sweep: SweepOpt = None,
+    allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
     """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep."""
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.runs(
-            **_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, status=status, sweep=sweep)
-        )
-    emit(
-        df.drop(columns=[c for c in ("config",) if c in df.columns and fmt is Format.table]),
-        fmt,
-        "runs",
-    )
+    choice = choice_of(views.RUNS, fmt, columns, wide)
+    with read_catalogue(where(home, catalogue)) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed,
+            status=status, sweep=sweep,
+        )  # fmt: skip
+        rows = reader.runs(**filters)
+    show(rows, views.RUNS, choice)
+
+
+SplitOpt = Annotated[str, typer.Option("--split", help="val or test.")]
 
 
 @catalogue_app.command("exits")
-@handled
+@handled()
 def catalogue_exits(
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
     seed: SeedOpt = None,
     sweep: SweepOpt = None,
-    split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
+    split: SplitOpt = "test",
+    allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
     """Per-exit accuracy and cumulative cost of every run."""
-    if split not in ("val", "test"):
-        raise SDNError(f"unknown split {split!r}; choose one of: 'val', 'test'")
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.exits(
-            **_filters(arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep, split=split)
+    from storage.catalogue import Catalogue
+    from storage.catalogue.readonly import Rows
+
+    choice = choice_of(views.EXITS, fmt, columns, wide)
+    inputs.one_of(split, "--split", inputs.SPLITS)
+    w = where(home, catalogue)
+    with read_catalogue(w) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
         )
-    emit(df, fmt, "per-exit accuracy")
+    with Catalogue(w.paths.catalogue, read_only=True) as cat:
+        rows = Rows.from_frame(cat.exits(**filters, split=split))
+    if "exit_index" in rows.columns:
+        k, f = rows.columns.index("exit_index"), rows.columns.index("is_final")
+        rows = Rows(
+            [*rows.columns, "exit"], [(*r, "final" if r[f] else f"IC{r[k]}") for r in rows.rows]
+        )
+    show(rows, views.EXITS, choice)
+
+
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-drop",
+        help="Largest accuracy drop allowed vs the final head, on validation (0.01 = 1 point; "
+        "the default when neither this nor --budget is given).",
+        show_default=False,
+    ),
+]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--budget",
+        help="Largest average cost relative to the CNN, on validation.",
+        show_default=False,
+    ),
+]
+DEFAULT_MAX_DROP = 0.01
 
 
 @catalogue_app.command("early-exit")
-@handled
+@handled()
 def catalogue_early_exit(
-    max_drop: Annotated[
-        float | None,
-        typer.Option(
-            "--max-drop", help="Largest accuracy drop allowed vs the final head (0.01 = 1 point)."
-        ),
-    ] = None,
-    budget: Annotated[
-        float | None, typer.Option("--budget", help="Largest average cost relative to the CNN.")
-    ] = None,
+    max_drop: MaxDropOpt = None,
+    budget: BudgetOpt = None,
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
     sweep: SweepOpt = None,
+    allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Best early-exit operating point per (architecture, dataset, mode), chosen on validation."""
-    if max_drop is None and budget is None:
-        max_drop = 0.01
+    """Best early-exit operating point per (architecture, dataset, mode): threshold chosen on
+    validation, accuracy and cost reported on test."""
+    from storage.catalogue.readonly import Rows
+
+    choice = choice_of(views.EARLY_EXIT, fmt, columns, wide)
+    inputs.number(max_drop, "--max-drop", low=0.0, high=1.0)
+    inputs.number(budget, "--budget", low=0.0, high=10.0, low_open=True)
     if max_drop is not None and budget is not None:
         raise SDNError("give --max-drop or --budget, not both")
-    for label, value, hi in (("--max-drop", max_drop, 1.0), ("--budget", budget, 10.0)):
-        if value is not None and not 0.0 <= value <= hi:
-            raise SDNError(f"{label} must be between 0 and {hi:g} (got {value:g})")
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.best_early_exit(
-            max_accuracy_drop=max_drop,
-            cost_budget=budget,
-            **_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep),
+    default = max_drop is None and budget is None
+    if default:
+        max_drop = DEFAULT_MAX_DROP
+    if budget is not None:
+        target = f"budget {budget:g}"
+        said = f"target: average cost at most {budget:g} x the CNN's, on val"
+    else:
+        target = f"max_drop {max_drop:g}"
+        said = f"target: max drop {100 * max_drop:g} pt vs the final head, on val"
+    if default:
+        said += " (default; set --max-drop or --budget)"
+    with read_catalogue(where(home, catalogue)) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep
         )
-    emit(df, fmt, "best early-exit operating points (test, chosen on val)")
+        rows = reader.best_early_exit(max_accuracy_drop=max_drop, cost_budget=budget, **filters)
+    rows = Rows([*rows.columns, "target"], [(*r, target) for r in rows.rows])
+    notes = (said, "threshold chosen on val; test accuracy and cost at that threshold; "
+             "the best run of each group")  # fmt: skip
+    show(rows, views.EARLY_EXIT, choice, notes)
 
 
 @catalogue_app.command("overthinking")
-@handled
+@handled()
 def catalogue_overthinking(
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
+    seed: SeedOpt = None,
     sweep: SweepOpt = None,
+    allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Overthinking summary: first-correct shares, oracle cost, destructive fraction, confusion AUROC."""
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.overthinking(**_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep))
-    emit(df, fmt, "overthinking (test split)")
+    """Overthinking: how many test samples an IC already gets right, the oracle's cost, the
+    destructive fraction and the confusion score's AUROC."""
+    from storage.catalogue import Catalogue
+    from storage.catalogue.readonly import Rows
+
+    choice = choice_of(views.OVERTHINKING, fmt, columns, wide)
+    w = where(home, catalogue)
+    with read_catalogue(w) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
+        )
+    with Catalogue(w.paths.catalogue, read_only=True) as cat:
+        rows = Rows.from_frame(cat.overthinking(**filters))
+    if "first_correct" in rows.columns:
+        k = rows.columns.index("first_correct")
+        extra = [_first_correct_shares(r[k]) for r in rows.rows]
+        rows = Rows(
+            [*rows.columns, "early_right", "never_right"],
+            [(*r, *e) for r, e in zip(rows.rows, extra, strict=True)],
+        )
+    show(rows, views.OVERTHINKING, choice)
+
+
+def _first_correct_shares(counts: Any) -> tuple[float | None, float | None]:
+    """(share first right at an IC, share never right) from the first-correct counts
+    ``[IC0, ..., final, never]``."""
+    if not isinstance(counts, list | tuple) or len(counts) < 2 or not sum(counts):
+        return None, None
+    total = sum(counts)
+    return sum(counts[:-2]) / total, counts[-1] / total
 
 
 @catalogue_app.command("sql")
-@handled
+@handled()
 def catalogue_sql(
     query: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Stop the query after this many seconds.")
+    ] = 30.0,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", help="Refuse results longer than this.")
+    ] = 100_000,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Run a read-only SQL query on the catalogue (writes are refused by SQLite itself)."""
-    with open_catalogue(home, catalogue) as cat:
-        df = cat.sql(query)
-    emit(df, fmt)
+    """Run one read-only SQL query on the catalogue (writes are refused by SQLite itself);
+    stopped after --timeout seconds, or at once by Ctrl-C."""
+    choice = choice_of(views.SQL, fmt, columns, wide)
+    inputs.number(timeout, "--timeout", low=0.0, high=86_400.0, low_open=True)
+    if max_rows < 1:
+        raise SDNError(f"--max-rows must be >= 1 (got {max_rows})")
+    with read_catalogue(where(home, catalogue)) as reader:
+        rows = reader.sql(query, timeout_s=timeout, max_rows=max_rows)
+    show(rows, views.SQL, choice)
 
 
 @catalogue_app.command("rebuild")
-@handled
+@handled()
 def catalogue_rebuild(
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
     tracking_uri: TrackingOpt = None,
-    predictions: Annotated[
-        Path | None, typer.Option("--predictions", help="Parquet root (default HOME/predictions).")
-    ] = None,
+    predictions: PredictionsOpt = None,
 ) -> None:
-    """Rebuild the catalogue from the Parquet files and MLflow alone (it is derived data)."""
+    """Rebuild the catalogue from the Parquet files and MLflow alone (it is derived data); the
+    new catalogue replaces the old one only once it is complete."""
     from storage.catalogue.rebuild import rebuild
 
-    path = _catalogue_path(home, catalogue)
-    root = (predictions or _home(home) / "predictions").absolute()
-    if not root.exists():
-        raise SDNError(f"no predictions at {root}; pass --predictions")
-    counts = rebuild(path, root, _tracking_uri(home, tracking_uri))
-    console.print(f"rebuilt {path}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    w = where(home, catalogue, predictions, tracking_uri)
+    root = w.paths.predictions
+    if not root.is_dir():
+        raise SDNError(
+            f"no predictions at {root} (from {w.named('predictions')}); pass --predictions"
+        )
+    uri = check_tracking(w)
+    counts = rebuild(w.paths.catalogue, root, uri)
+    _console().print(
+        f"rebuilt {w.paths.catalogue}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@catalogue_app.command("upgrade")
+@handled()
+def catalogue_upgrade(home: HomeOpt = None, catalogue: CatalogueOpt = None) -> None:
+    """Bring an existing catalogue to this version's schema (reads never do: they report a
+    too-old catalogue and name this command)."""
+    from storage.catalogue import Catalogue
+    from storage.catalogue.db import check_catalogue_file
+
+    w = where(home, catalogue)
+    path = w.paths.catalogue
+    if not path.exists():
+        raise SDNError(f"no catalogue at {path} (from {w.named('catalogue')}); nothing to upgrade")
+    check_catalogue_file(path)
+    with Catalogue(path) as cat:
+        before, after = cat.revision or (None, "?")
+    said = "already at" if before == after else f"upgraded from {before} to"
+    _console().print(f"catalogue {path}: {said} schema revision {after}", highlight=False)
 
 
 # --- models ----------------------------------------------------------------------------------------
 
+RefArg = Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID.")]
+
 
 @models_app.command("list")
-@handled
+@handled()
 def models_list(
-    home: HomeOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = Format.table
+    home: HomeOpt = None,
+    tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Registered models with their versions, aliases and tags."""
+    """Registered models: every version with its aliases, sweep and creation time."""
+    from storage.catalogue.readonly import Rows
     from storage.registry import Registry
 
-    df = Registry(_tracking_uri(home, tracking_uri)).list_models()
-    emit(df, fmt, "registered models")
+    choice = choice_of(views.MODELS, fmt, columns, wide)
+    uri = check_tracking(where(home, tracking_uri=tracking_uri))
+    frame = Registry(uri).list_models()
+    rows = Rows.from_frame(frame)
+    t = rows.columns.index("tags") if "tags" in rows.columns else None
+    rows = Rows(
+        [*rows.columns, "sweep"],
+        [(*r, (r[t] or {}).get("sweep") if t is not None else None) for r in rows.rows],
+    )
+    if choice.fmt is Format.table:  # one line per version: aliases as words, not a list
+        a = rows.columns.index("aliases")
+        rows = Rows(rows.columns, [(*r[:a], ", ".join(r[a] or []), *r[a + 1 :]) for r in rows.rows])
+    show(rows, views.MODELS, choice)
 
 
 @models_app.command("get")
-@handled
+@handled()
 def models_get(
-    ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID.")],
+    ref: RefArg,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the state dict and config here.")
+        Path | None,
+        typer.Option("--out", help="Write the state dict and config into this folder."),
     ] = None,
     home: HomeOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Resolve a registered model, rebuild it, and describe it (optionally save it to a folder)."""
-    import pandas as pd
+    """Resolve a registered model, rebuild it, and describe it (optionally save it to a folder,
+    all or nothing)."""
+    import json
 
+    from storage.catalogue.readonly import Rows
+    from storage.model_refs import parse_ref
     from storage.registry import Registry
+    from workflows.atomic import atomic_folder
 
-    registry = Registry(_tracking_uri(home, tracking_uri))
+    choice = choice_of(views.MODEL_INFO, fmt, columns, wide)
+    parse_ref(ref)  # a malformed reference fails before MLflow is imported
+    if out is not None:
+        out = _check_export_folder(out)
+    registry = Registry(check_tracking(where(home, tracking_uri=tracking_uri)))
     version = registry.resolve(ref)
     model = registry.load_module(version)
     info: dict[str, Any] = {
@@ -551,25 +804,60 @@ def models_get(
     if out is not None:
         import torch
 
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), out / "model.pt")
-        (out / "model_config.json").write_text(json.dumps(model.config, indent=2), encoding="utf-8")
-        info["saved_to"] = str(out.absolute())
-    emit(pd.DataFrame([{"field": k, "value": _cell(v)} for k, v in info.items()]), fmt, ref)
+        with atomic_folder(out) as temp:
+            torch.save(model.state_dict(), temp / "model.pt")
+            (temp / "model_config.json").write_text(
+                json.dumps(model.config, indent=2), encoding="utf-8"
+            )
+        info["saved_to"] = str(out)
+    records = [{"field": k, "value": v} for k, v in info.items()]
+    show(Rows.from_records(records, ["field", "value"]), views.MODEL_INFO, choice, title=ref)
+
+
+EXPORT_FILES = frozenset({"model.pt", "model_config.json"})
+
+
+def _check_export_folder(out: Path) -> Path:
+    """``--out`` may be new, empty, or an earlier export (replaced whole); nothing else is
+    replaced, and it may not lie under a file."""
+    out = out.expanduser().absolute()
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SDNError(f"--out {out}: {probe} is a file: Not a directory")
+    if out.is_dir():
+        others = {p.name for p in out.iterdir()} - EXPORT_FILES
+        if others:
+            raise SDNError(
+                f"--out {out} holds other files ({', '.join(sorted(others)[:3])}); give a new "
+                "or empty folder, or an earlier export"
+            )
+    return out
 
 
 @models_app.command("predict")
-@handled
+@handled()
 def models_predict(
-    ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID.")],
+    ref: RefArg,
     images: Annotated[
-        list[Path] | None, typer.Argument(help="Image files to classify.", show_default=False)
+        list[Path] | None,
+        typer.Argument(
+            help="Image files or folders (searched recursively, in sorted order).",
+            show_default=False,
+        ),
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Classify a data set's split instead of files.")
+        str | None, typer.Option("--dataset", help="Classify a data set's split instead.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="val or test (with --dataset).")] = "test",
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many samples.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="At most this many samples of --dataset.")
+    ] = 20,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", min=1, max=65536, help="Images per forward pass."),
+    ] = 64,
     threshold: Annotated[
         float | None,
         typer.Option("--threshold", help="Exit at the first IC this confident (0..1)."),
@@ -578,58 +866,110 @@ def models_predict(
         float | None,
         typer.Option("--budget", help="Pick the threshold on validation for this relative cost."),
     ] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Data set root.")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Folder holding the data sets.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Also write the predictions to this CSV or .json file."),
+    ] = None,
     home: HomeOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """Early-exit inference with a registered model: each prediction, its exit and its cost."""
-    from workflows.predict import predict
+    """Early-exit inference with a registered model: each prediction, its exit and its cost.
+    Every input is checked before the model is loaded."""
+    from workflows.predict import check_request, predict
 
-    df, note = predict(
+    choice = choice_of(views.PREDICTIONS, fmt, columns, wide)
+    request = check_request(
         ref,
-        _tracking_uri(home, tracking_uri),
         images=images or [],
         dataset=dataset,
         split=split,
         limit=limit,
+        batch_size=batch_size,
         threshold=threshold,
         budget=budget,
-        data_root=str(data_root) if data_root else None,
+        data_root=data_root,
+        out=out,
     )
-    emit(df, fmt, note)
+    uri = check_tracking(where(home, tracking_uri=tracking_uri))
+    rows, note = predict(request, uri)
+    if request.out is not None:
+        _write_rows(rows, request.out)
+        note += f"; written to {request.out}"
+    show(rows, views.PREDICTIONS, choice, title=note)
+
+
+def _write_rows(rows: Any, target: Path) -> None:
+    """CSV (or JSON for a .json name), through a temporary sibling and a rename."""
+    import csv
+    import io
+    import json
+
+    from workflows.atomic import atomic_write_text
+
+    if target.suffix.lower() == ".json":
+        text = json.dumps(rows.records(), ensure_ascii=False, default=str) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(rows.columns)
+        writer.writerows(["" if v is None else v for v in r] for r in rows.rows)
+        text = buffer.getvalue()
+    atomic_write_text(target, text)
 
 
 # --- report ----------------------------------------------------------------------------------------
 
 
 @app.command("report")
-@handled
+@handled()
 def report(
     target: Annotated[str, typer.Argument(help="A run id or a sweep name.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Folder for the PNGs (default HOME/reports/TARGET)."),
+        typer.Option("--out", help="Folder for the report (default HOME/reports/TARGET)."),
     ] = None,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
+    predictions: PredictionsOpt = None,
     tracking_uri: TrackingOpt = None,
     log_to_mlflow: Annotated[
-        bool, typer.Option("--mlflow/--no-mlflow", help="Also log the plots to MLflow.")
+        bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow.")
     ] = True,
 ) -> None:
-    """PNG plots: accuracy vs cost with operating points, per-IC accuracy, first-correct and
-    confusion histograms; written to a folder and logged to MLflow."""
-    from workflows.report import make_report
+    """Plots of a run or a sweep: accuracy vs cost with operating points, per-IC accuracy,
+    first-correct and confusion histograms. The folder is replaced only once the new report is
+    complete; it is also logged to MLflow."""
+    import re
 
-    with open_catalogue(home, catalogue) as cat:
-        folder = (out or _home(home) / "reports" / target).absolute()
-        uri = _tracking_uri(home, tracking_uri) if log_to_mlflow else None
+    from storage.catalogue import Catalogue
+    from workflows.atomic import atomic_folder
+
+    w = where(home, catalogue, predictions, tracking_uri)
+    with read_catalogue(w) as reader:
+        found = reader.runs(run_id=target) or reader.runs(sweep=target)
+        if found.empty:
+            raise SDNError(
+                f"no run or sweep named {target!r} in the catalogue; see `sdn sweep list` / "
+                "`sdn catalogue runs`"
+            )
+    uri = check_tracking(w) if log_to_mlflow else None
+    folder = out.expanduser() if out else w.paths.reports / re.sub(r"[^\w.-]+", "_", target)
+    folder = folder.absolute()
+    with atomic_folder(folder) as temp, Catalogue(w.paths.catalogue, read_only=True) as cat:
+        from workflows.report import make_report
+
         files = make_report(
-            cat, target, folder, predictions_root=_home(home) / "predictions", tracking_uri=uri
+            cat, target, temp, predictions_root=w.paths.predictions, tracking_uri=uri
         )
+    console = _console()
     for f in files:
-        console.print(str(f), highlight=False)
+        console.print(str(folder / Path(f).relative_to(temp)), highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console script

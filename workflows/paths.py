@@ -1,11 +1,17 @@
 """Where a sweep's state lives: one ``$SDN_HOME`` by default, each location overridable.
 
-Resolution order for every location: the sweep file's ``storage`` section, then an environment
+This is the one resolver: the sweep driver and every CLI command use it.
+
+Resolution order for every location: the sweep file's ``storage`` section (for a CLI command: its
+options, ``--home``, ``--catalogue``, ``--predictions``, ``--tracking-uri``), then an environment
 variable (``SDN_HOME``, ``SDN_TUNE``, ``SDN_PREDICTIONS``, ``SDN_CATALOGUE``,
-``SDN_MLFLOW_TRACKING_URI``, ``SDN_MLFLOW_ARTIFACTS``, ``SDN_REPORTS``), then the default under
-home. Presets leave ``storage`` empty, so a cluster redirects them with environment variables
-alone. Relative paths are taken relative to home (home itself relative to the working directory)
-and every result is absolute, because Ray workers run in other directories than the driver.
+``SDN_MLFLOW_TRACKING_URI``, ``SDN_MLFLOW_ARTIFACTS``, ``SDN_REPORTS``), then, for the tracking URI
+only, MLflow's own ``MLFLOW_TRACKING_URI``, then the default under home. Presets leave ``storage``
+empty, so a cluster redirects them with environment variables alone. Relative paths in a file or
+the environment are taken relative to home (home itself relative to the working directory); a
+relative path typed as a CLI option is relative to the working directory, as a shell user
+expects. Every result is absolute, because Ray workers run in other directories than the driver.
+Nothing here writes or changes the environment.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from workflows.spec_errors import SweepSpecError, show
-
 ENV_HOME = "SDN_HOME"
+MLFLOW_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: the last fallback before home
 _PATH_FIELDS = ("home", "tune", "predictions", "catalogue", "reports")
 DEFAULT_HOME = "sdn-home"
 
@@ -73,6 +78,8 @@ class StoragePaths:
             name = f"SDN_{field.upper()}"
             value = env.get(name) or None
             if value is not None and field in _PATH_FIELDS and is_uri(value):
+                from workflows.spec_errors import SweepSpecError, show
+
                 raise SweepSpecError(
                     f"environment {name}: must be a file-system path, not a URI (got {show(value)})"
                 )
@@ -83,7 +90,9 @@ class StoragePaths:
         def under_home(field: str, default: str) -> Path:
             return _absolute(pick(field) or default, home)
 
-        tracking = pick("mlflow_tracking_uri") or sqlite_uri(home / "mlflow.db")
+        tracking = (
+            pick("mlflow_tracking_uri") or env.get(MLFLOW_ENV) or sqlite_uri(home / "mlflow.db")
+        )
         return cls(
             home=home,
             tune=under_home("tune", "tune"),
@@ -97,6 +106,66 @@ class StoragePaths:
     def to_dict(self) -> dict[str, str | None]:
         """Plain strings (None stays None), for Tune configs, JSON and logs."""
         return {key: None if value is None else str(value) for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class CliOptions:
+    """The location options a CLI command was given (None: not given); they play the role of
+    the sweep file's ``storage`` section in :meth:`StoragePaths.resolve`."""
+
+    home: str | None = None
+    tune: str | None = None
+    predictions: str | None = None
+    catalogue: str | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_artifacts: str | None = None
+    reports: str | None = None
+
+
+_OPTION_NAMES = {
+    "home": "--home",
+    "predictions": "--predictions",
+    "catalogue": "--catalogue",
+    "mlflow_tracking_uri": "--tracking-uri",
+}
+
+
+def resolve_cli(
+    *,
+    home: str | os.PathLike[str] | None = None,
+    catalogue: str | os.PathLike[str] | None = None,
+    predictions: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> tuple[StoragePaths, dict[str, str]]:
+    """A CLI command's locations (options > environment > home) and, per field, where its value
+    came from (``--home``, ``$SDN_HOME``, ``default``...), for messages that name what the user
+    typed. Option paths are made absolute against ``cwd`` first."""
+    env = os.environ if env is None else env
+    base = Path(cwd) if cwd is not None else Path.cwd()
+
+    def option(value: str | os.PathLike[str] | None) -> str | None:
+        return None if value is None else str(_absolute(value, base))
+
+    options = CliOptions(
+        home=option(home),
+        catalogue=option(catalogue),
+        predictions=option(predictions),
+        mlflow_tracking_uri=tracking_uri or None,
+    )
+    sources: dict[str, str] = {}
+    for field in ("home", "tune", "predictions", "catalogue", "mlflow_tracking_uri", "reports"):
+        name = f"SDN_{field.upper()}"
+        if getattr(options, field) is not None:
+            sources[field] = _OPTION_NAMES[field]
+        elif env.get(name):
+            sources[field] = f"${name}"
+        elif field == "mlflow_tracking_uri" and env.get(MLFLOW_ENV):
+            sources[field] = f"${MLFLOW_ENV}"
+        else:
+            sources[field] = "default" if field == "home" else f"{sources['home']} (under home)"
+    return StoragePaths.resolve(options, env=env, cwd=base), sources
 
 
 def is_uri(value: str) -> bool:

@@ -265,7 +265,7 @@ _REPORTING_PRAGMAS = {
 _READABLE_PRAGMAS = {
     "user_version", "schema_version", "application_id", "journal_mode", "page_size",
     "page_count", "freelist_count", "encoding", "foreign_keys", "data_version", "query_only",
-    "busy_timeout", "synchronous", "auto_vacuum", "cache_size",
+    "busy_timeout", "synchronous", "auto_vacuum", "cache_size", "read_uncommitted",
 }  # fmt: skip
 
 
