@@ -425,7 +425,7 @@ def sweep_validate(
     notes = (
         f"sweep {spec.name}: valid, {len(cells)} cells ({len(grid.architectures)} architectures x "
         f"{len(grid.datasets)} data sets x {len(grid.modes)} modes x {len(grid.seeds)} seeds)",
-        f"order: {waves} wave(s); an ic_only cell starts when its cnn cell (after) is done",
+        f"order: {waves} wave(s); each ic_only cell starts once its own cnn cell is done",
         f"work = epochs x training images; in all {total}",
         f"trials at once: {at_once}, {spec.resources.cpus_per_trial:g} CPU each",
         f"state would go to {paths.home} "
@@ -725,7 +725,9 @@ def catalogue_upgrade(home: HomeOpt = None, catalogue: CatalogueOpt = None) -> N
     with Catalogue(path) as cat:
         before, after = cat.revision or (None, "?")
     said = "already at" if before == after else f"upgraded from {before} to"
-    _console().print(f"catalogue {path}: {said} schema revision {after}", highlight=False)
+    _console().print(
+        f"catalogue {path}: {said} schema revision {after}", highlight=False, soft_wrap=True
+    )
 
 
 # --- models ----------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ class PlannedCell:
     mode: str
     seed: int
     wave: int
-    after: str
+    after: str  # "its cnn" for an ic_only cell (same architecture, data set and seed)
+    parent: str | None
     epochs: int
     train_images: int | None
     train: dict[str, Any]
@@ -44,6 +45,7 @@ class PlannedCell:
             "cell": self.cell,
             "wave": self.wave,
             "after": self.after,
+            "parent": self.parent,
             "epochs": self.epochs,
             "train_images": self.train_images,
             "work": self.work,
@@ -85,7 +87,7 @@ def plan(spec: Any) -> list[PlannedCell]:
     data_root = spec.data_root()
     out: list[PlannedCell] = []
     waves = sorted(cells, key=lambda c: c.cnn_parent is not None)  # stable: grid order kept
-    short = {c.run_id: c.run_id.split(".", 1)[-1] for c in cells}
+    short = {c.run_id: c.run_id.split(".", 1)[-1] for c in cells}  # without the sweep's name
     for order, cell in enumerate(waves, start=1):
         resolved = TrainConfig(**cell.train_kwargs()).resolved()
         parent = cell.cnn_parent
@@ -99,7 +101,8 @@ def plan(spec: Any) -> list[PlannedCell]:
                 mode=cell.mode,
                 seed=cell.seed,
                 wave=2 if parent else 1,
-                after=short.get(parent, parent) if parent else "",
+                parent=parent,
+                after="its cnn" if parent else "",
                 epochs=int(resolved.epochs),
                 train_images=_train_images(cell.dataset, cell.train, data_root),
                 train=dict(cell.train),

@@ -114,6 +114,18 @@ def _mega(value: Any) -> str:
     return "" if number is None else f"{number / 1e6:.1f}M"
 
 
+def _count(value: Any) -> str:
+    """Counts that may be large, in at most five characters: 15528, 45.0k, 4.50M."""
+    number = _number(value)
+    if number is None:
+        return ""
+    if abs(number) < 100_000:
+        return f"{number:.0f}"
+    if abs(number) < 1e6:
+        return f"{number / 1e3:.1f}k"
+    return f"{number / 1e6:.3g}M"
+
+
 def _pct_list(value: Any) -> str:
     if not isinstance(value, list | tuple):
         return _text(value)
@@ -133,6 +145,7 @@ FORMATTERS: dict[str, Callable[[Any], str]] = {
     "time": _time,  # UTC, to the minute
     "bool": _bool,
     "mega": _mega,  # FLOPs and other large counts, in millions
+    "count": _count,  # image counts, work: 15528, 450.0k, 4.5M
     "pct_list": _pct_list,  # a list of fractions as space-separated percentages
 }
 
@@ -279,7 +292,8 @@ def emit(
         ]
         sys.stdout.write(json.dumps(records, ensure_ascii=False, default=str) + "\n")
         return
-    _print_table(rows, view, keys, positions, [*notes, *_join(collapsed)], console, title)
+    notes = [*notes, *_join(collapsed)]
+    _print_table(rows, view, keys, positions, notes, console, title, choice.wide)
 
 
 def _join(collapsed: list[str]) -> list[str]:
@@ -316,6 +330,7 @@ def _print_table(
     notes: list[str],
     console: Any,
     title: str | None,
+    wide: bool = False,
 ) -> None:
     from rich import box
     from rich.table import Table
@@ -353,4 +368,15 @@ def _print_table(
         )
     for row_cells in cells:
         table.add_row(*row_cells)
-    console.print(table)
+    if wide:  # every column whole, however wide the terminal (``less -S`` scrolls)
+        from rich.measure import Measurement
+
+        natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        before = console.width
+        console.width = max(before, natural)
+        try:
+            console.print(table)
+        finally:
+            console.width = before
+    else:
+        console.print(table)
