@@ -232,7 +232,13 @@ def test_every_family_meets_every_class() -> None:
     families = {r.family for r in ROWS}
     assert families == {"sweep", "catalogue", "models", "report"}
     classes = {r.failure for r in ROWS}
-    for failure in ("bad input", "missing state", "home is a file", "MLflow unreachable", "interrupted"):
+    for failure in (
+        "bad input",
+        "missing state",
+        "home is a file",
+        "MLflow unreachable",
+        "interrupted",
+    ):
         assert {r.family for r in ROWS if r.failure == failure} == families, failure
     assert len(classes) >= 11 and len(ROWS) >= 50
 
@@ -263,7 +269,7 @@ def test_failure_class(
     assert "Traceback" not in result.stderr and result.stdout == ""
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
-    if row.code == 130 and not row.args[:2] == ["sweep", "launch"]:
+    if row.code == 130 and row.args[:2] != ["sweep", "launch"]:
         assert "sweep resume" not in lines[0]
     assert took < row.max_s, took
     assert snapshot(world["root"]) == before

@@ -300,7 +300,9 @@ def test_upgrade_command(home: Path, tmp_path: Path) -> None:
 
     shutil.copy(home / "catalogue.db", tmp_path / "catalogue.db")
     result = sdn("catalogue", "upgrade", home=tmp_path)
-    assert result.exit_code == 0 and f"already at schema revision {head_revision()}" in result.stdout
+    assert (
+        result.exit_code == 0 and f"already at schema revision {head_revision()}" in result.stdout
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "catalogue.db").write_bytes(b"")
@@ -337,9 +339,7 @@ def test_reads_work_on_a_read_only_file_system(home: Path, tmp_path: Path) -> No
     if bind.returncode != 0:
         pytest.skip("cannot bind-mount here")
     try:
-        ro = subprocess.run(
-            ["mount", "-o", "remount,ro,bind", str(mounted)], capture_output=True
-        )
+        ro = subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], capture_output=True)
         if ro.returncode != 0:
             pytest.skip("cannot remount read-only here")
         for args in (("catalogue", "runs"), ("catalogue", "exits"), ("sweep", "list"),
@@ -359,7 +359,11 @@ def test_sql_time_limit(home: Path) -> None:
     start = time.monotonic()
     result = sdn("catalogue", "sql", ENDLESS, "--timeout", "0.5", home=home)
     assert time.monotonic() - start < 10
-    assert result.exit_code == 2 and "time limit of 0.5 s" in result.stderr and "--timeout" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "time limit of 0.5 s" in result.stderr
+        and "--timeout" in result.stderr
+    )
 
 
 @pytest.mark.parametrize("query", ["", "   ", "-- just a comment", "/* a */ ; -- b\n"])

@@ -43,7 +43,11 @@ def listening_sockets(pids: set[int]) -> list[tuple[str, int, int, str]]:
                 continue
             hex_address, hex_port = fields[1].split(":")
             pid = owner[int(fields[9])]
-            name = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}").exists() else "?"
+            name = (
+                Path(f"/proc/{pid}/comm").read_text().strip()
+                if Path(f"/proc/{pid}").exists()
+                else "?"
+            )
             found.append((_address(hex_address), int(hex_port, 16), pid, name))
     return found
 

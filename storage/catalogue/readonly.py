@@ -32,6 +32,7 @@ MODES = ("cnn", "ic_only", "sdn")
 STATUSES = ("pending", "running", "trained", "done", "failed", "skipped")
 SPLITS = ("val", "test")
 JSON_COLUMNS = frozenset({"config", "spec", "exits_per_output"})
+MAX_VALUE_BYTES = 64 << 20  # the largest string or blob a query may build
 
 
 class CatalogueTooOld(StorageError):
@@ -229,6 +230,8 @@ def run_sql(
     """See :meth:`Reader.sql`; ``con`` must be a connection from ``db.read_only_connection``."""
     if not isinstance(query, str) or not strip_comments(query).strip(" \t\r\n;"):
         raise StorageError("empty query: give one SQL statement, e.g. SELECT * FROM runs")
+    # No value a query builds may exceed this (zeroblob(2e9) would allocate 2 GB).
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
     try:
         with db.time_limit(con, timeout_s):
             cursor = con.execute(query, params or ())
