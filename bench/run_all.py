@@ -40,6 +40,7 @@ BENCHMARKS = (
     "bench_training",
     "bench_orchestration",
     "bench_catalogue",
+    "bench_cli",
 )
 
 

@@ -1240,7 +1240,8 @@ def test_every_filter_is_a_bound_parameter(swept: Swept, value: str) -> None:
         assert store.per_exit_accuracy(engine=engine, arch=[value, ARCH], split=value).empty
     assert store.query(mode=value).num_rows == 0
     for args in (["catalogue", "runs", "--arch", value], ["catalogue", "exits", "--sweep", value]):
-        result = cli([*args, "--home", str(swept.home), "--format", "json"])
+        # --allow-empty: without it a value the catalogue does not hold is refused (exit 2)
+        result = cli([*args, "--home", str(swept.home), "--format", "json", "--allow-empty"])
         assert result.exit_code == 0 and json.loads(result.stdout) == [], result.stderr
     assert tree_state(swept.home) == before
 
@@ -1323,10 +1324,11 @@ def _safe_yaml_loader(path: Path, call: Any) -> bool:
 
 
 def test_local_ray_opens_no_dashboard_and_keeps_to_its_temp_dir(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """What ``connect_ray`` asks of a local Ray: no dashboard (no HTTP server at all), token
-    authentication left to Ray's default (on for a new local cluster), its own temp folder."""
+    """What ``connect_ray`` asks of a local Ray: no dashboard (no HTTP server at all), its own temp
+    folder, every listener on loopback, and token authentication on with a token of its own
+    (``tests/test_local_ray_security.py`` checks the real sockets and the token's effect)."""
     import ray
 
     from workflows.sweep import connect_ray
@@ -1334,13 +1336,32 @@ def test_local_ray_opens_no_dashboard_and_keeps_to_its_temp_dir(
     asked: dict[str, Any] = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: asked.update(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SDN_RAY_TEMP_DIR", "/tmp/sdnray-test")
-    connect_ray(None, {"X": "1"})
+    connect_ray(None, {"X": "1"}, token_dir=tmp_path / "ray")
     assert asked["address"] is None and asked["include_dashboard"] is False
     assert asked["_temp_dir"] == "/tmp/sdnray-test"
     assert asked["runtime_env"] == {"env_vars": {"X": "1"}}
     assert "_system_config" not in asked and "dashboard_host" not in asked
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # loopback node address
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token == tmp_path / "ray" / "auth_token" and (token.stat().st_mode & 0o777) == 0o600
+    # A setting the user made wins (the test suite's own clusters run without auth).
+    asked.clear()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    connect_ray(None, {}, token_dir=tmp_path / "other")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and not (tmp_path / "other").exists()
+    # Joining a cluster changes nothing about it.
+    for key in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        monkeypatch.delenv(key)
+    monkeypatch.setattr("workflows.sweep._check_tcp", lambda address: None)
+    connect_ray("10.0.0.1:6379", {}, token_dir=tmp_path / "third")
+    assert "RAY_AUTH_MODE" not in os.environ
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
 def _commands(text: str, verb: str) -> list[str]:

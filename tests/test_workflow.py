@@ -191,7 +191,9 @@ def test_cli_refuses_writes_and_bad_filters(cli):
     assert code == 2 and err.count("\n") == 1 and "error:" in err
     code, _, err = cli("sweep", "status", "nope")
     assert code == 2 and "unknown sweep 'nope'" in err
-    code, out, _ = cli("catalogue", "runs", "--arch", "x' OR '1'='1", "-f", "json")
+    code, _, err = cli("catalogue", "runs", "--arch", "x' OR '1'='1")
+    assert code == 2 and "not in the catalogue" in err and "mobilenet, resnet56" in err
+    code, out, _ = cli("catalogue", "runs", "--arch", "x' OR '1'='1", "--allow-empty", "-f", "json")
     assert code == 0 and json.loads(out) == []
 
 
