@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 from test_reliability import SdnProcess, ray_session_pids, sweep_text, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
 
 def listening_sockets(pids: set[int]) -> list[tuple[str, int, int, str]]:
     """(address, port, pid, process name) of every TCP socket in LISTEN state owned by ``pids``."""
@@ -102,6 +100,8 @@ def grpc_status(address: str, token: str | None) -> str:
         channel.close()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_local_sweep_listens_on_loopback_only_and_requires_the_token(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -143,3 +143,46 @@ def test_a_local_sweep_listens_on_loopback_only_and_requires_the_token(tmp_path:
         assert proc.wait() == 0, proc.output()[-3000:]
     finally:
         proc.finish()
+
+
+def test_readme_security_section_says_what_the_code_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each claim of the README's Security section about local sweeps, against the code that
+    makes it true (the sweep test above checks the effect)."""
+    import re
+
+    from workflows import sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Security") : readme.index("## Layout")]
+    flat = " ".join(section.split())
+    assert "listens on 127.0.0.1 only" in flat
+    ((key, value),) = sweep.LOOPBACK_ENV.items()
+    assert f"`{key}={value}`" in flat
+    assert f"`$SDN_HOME/{sweep.TOKEN_FILE}` (mode 0600)" in flat
+    assert "`RAY_AUTH_MODE=token`" in flat and "`RAY_AUTH_TOKEN_PATH`" in flat
+    assert "Only the test suite sets `RAY_AUTH_MODE=disabled`" in flat
+    assert "tests/test_local_ray_security.py" in flat
+    assert "machine's addresses" not in flat  # what the README said before it was true
+    quickstart = (repo / "scripts" / "quickstart.sh").read_text()
+    assert not re.search(r"^\s*(export\s+)?RAY_AUTH_MODE=", quickstart, re.M)
+    assert not re.search(r"RAY_AUTH_MODE=\$\{?RAY_AUTH_MODE:-disabled", quickstart)
+    # What secure_local_ray sets in a clean environment is what the README says.
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", key):
+        monkeypatch.delenv(name, raising=False)
+    applied = sweep.secure_local_ray(tmp_path / "home" / "ray")
+    assert applied == {
+        key: value,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(tmp_path / "home" / sweep.TOKEN_FILE),
+    }
+    token = Path(applied["RAY_AUTH_TOKEN_PATH"])
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    os.chmod(token, 0o644)
+    sweep.secure_local_ray(tmp_path / "home" / "ray")  # reused, permissions repaired
+    assert token.read_text() == first and stat.S_IMODE(token.stat().st_mode) == 0o600
