@@ -342,7 +342,7 @@ def _with_home(spec: Any, home: Path | None) -> Any:
 
 
 @sweep_app.command("launch")
-@handled(SWEEP_HINT)
+@handled()  # _run_sweep names the sweep to resume once there is one
 def sweep_launch(
     file: FileArg = None,
     preset: PresetOpt = None,

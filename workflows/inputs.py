@@ -75,11 +75,6 @@ def home_folder(home: Path, source: str) -> Path:
     return home
 
 
-def catalogue_source(path: Path, source: str, home_source: str) -> str:
-    """How to name the catalogue's location in an error ("--catalogue", or "--home"...)."""
-    return source if "under home" not in source else home_source
-
-
 @dataclass(frozen=True)
 class ImageInputs:
     """Image files to classify: every file given, and every image under every folder given
