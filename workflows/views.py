@@ -22,7 +22,7 @@ SWEEPS = View(
         Col("failed", "failed", "int"),
         Col("skipped", "skipped", "int"),
         Col("in_progress", "in progress", "int"),
-        Col("code_version", "code", max_width=14),
+        Col("code_version", "code", max_width=24),
     ),
     empty="(no sweeps: `sdn sweep launch` records one)",
 )
