@@ -208,9 +208,7 @@ def emit(df, fmt: Format, title: str | None = None) -> None:
     if fmt is Format.csv:
         sys.stdout.write(df.to_csv(index=False))
     elif fmt is Format.json:
-        sys.stdout.write(
-            df.to_json(orient="records", date_format="iso", default_handler=str) + "\n"
-        )
+        sys.stdout.write(records_json(df) + "\n")
     else:
         from rich.table import Table
 
@@ -223,6 +221,37 @@ def emit(df, fmt: Format, title: str | None = None) -> None:
         if df.empty:
             console.print("(no rows)")
     _ = pd
+
+
+def records_json(df) -> str:
+    """The rows as a JSON list of objects, numbers exactly as stored (pandas' ``to_json`` keeps 10
+    significant digits): floats by ``repr``, NaN as null, times in ISO 8601."""
+    import math
+
+    import pandas as pd
+
+    def plain(value: Any) -> Any:
+        if value is None or value is pd.NaT:
+            return None
+        if hasattr(value, "isoformat"):
+            return value.isoformat()
+        if hasattr(value, "item") and not isinstance(value, list | dict):
+            value = value.item()  # NumPy scalars
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        return str(value)
+
+    rows = [
+        {str(k): plain(v) for k, v in zip(df.columns, row, strict=True)}
+        for row in df.itertuples(index=False, name=None)
+    ]
+    return json.dumps(rows, ensure_ascii=False)
 
 
 def _cell(value: Any) -> str:
@@ -415,6 +444,9 @@ def catalogue_exits(
     emit(df, fmt, "per-exit accuracy")
 
 
+PolicyChoice = ("confidence", "entropy", "patience", "all")
+
+
 @catalogue_app.command("early-exit")
 @handled
 def catalogue_early_exit(
@@ -427,6 +459,23 @@ def catalogue_early_exit(
     budget: Annotated[
         float | None, typer.Option("--budget", help="Largest average cost relative to the CNN.")
     ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="Exit policy: confidence, entropy, patience, or all (side by side).",
+        ),
+    ] = "confidence",
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            "--delta",
+            help="Certified: the target holds on new data with probability >= 1 - DELTA.",
+        ),
+    ] = None,
+    per_run: Annotated[
+        bool, typer.Option("--per-run", help="Every run, not only each group's best.")
+    ] = False,
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
@@ -436,20 +485,48 @@ def catalogue_early_exit(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Best early-exit operating point per (architecture, dataset, mode), chosen on validation."""
-    if max_drop is None and budget is None:
+    from sdn.early_exit import Target
+
+    default = max_drop is None and budget is None
+    if default:
         max_drop = 0.01
     if max_drop is not None and budget is not None:
         raise SDNError("give --max-drop or --budget, not both")
     for label, value, hi in (("--max-drop", max_drop, 1.0), ("--budget", budget, 10.0)):
         if value is not None and not 0.0 <= value <= hi:
             raise SDNError(f"{label} must be between 0 and {hi:g} (got {value:g})")
+    if budget is not None and budget <= 0:
+        raise SDNError(f"--budget must be > 0 (got {budget:g})")
+    if delta is not None and not 0.0 < delta < 1.0:
+        raise SDNError(f"--delta must be in (0, 1), e.g. 0.1 (got {delta:g})")
+    if policy not in PolicyChoice:
+        raise SDNError(f"unknown --policy {policy!r}; choose one of: {', '.join(PolicyChoice)}")
+    target = Target.of(max_drop, budget)
+    policies = PolicyChoice[:-1] if policy == "all" else (policy,)
+    filters = _filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep)
     with open_catalogue(home, catalogue) as cat:
-        df = cat.best_early_exit(
-            max_accuracy_drop=max_drop,
-            cost_budget=budget,
-            **_filters(arch=arch, dataset=dataset, mode=mode, sweep=sweep),
-        )
-    emit(df, fmt, "best early-exit operating points (test, chosen on val)")
+        frames = [
+            cat.best_early_exit(
+                max_accuracy_drop=max_drop,
+                cost_budget=budget,
+                policy=p,
+                delta=delta,
+                per_run=per_run,
+                **filters,
+            )
+            for p in policies
+        ]
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frames) > 1 and not df.empty:
+        df = df.sort_values(["arch", "dataset", "train_mode", "policy"], kind="stable")
+    method = "empirical" if delta is None else f"certified at delta {delta:g}"
+    title = (
+        f"best early-exit operating points (test, chosen on val): target {target.label}"
+        f"{' (default)' if default else ''}, {method}"
+    )
+    emit(df.reset_index(drop=True), fmt, title)
 
 
 @catalogue_app.command("overthinking")
@@ -574,19 +651,34 @@ def models_predict(
         float | None,
         typer.Option("--threshold", help="Exit at the first IC this confident (0..1)."),
     ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Pick the threshold on validation: cheapest within this accuracy drop.",
+        ),
+    ] = None,
     budget: Annotated[
         float | None,
         typer.Option("--budget", help="Pick the threshold on validation for this relative cost."),
     ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", help="Exit policy: confidence, entropy or patience.")
+    ] = "confidence",
+    delta: Annotated[
+        float | None,
+        typer.Option("--delta", help="With --max-drop/--budget: certified at this risk level."),
+    ] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Data set root.")] = None,
     home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Early-exit inference with a registered model: each prediction, its exit and its cost."""
     from workflows.predict import predict
 
-    df, note = predict(
+    df, note, _chosen = predict(
         ref,
         _tracking_uri(home, tracking_uri),
         images=images or [],
@@ -595,7 +687,11 @@ def models_predict(
         limit=limit,
         threshold=threshold,
         budget=budget,
+        max_drop=max_drop,
+        policy=policy,
+        delta=delta,
         data_root=str(data_root) if data_root else None,
+        catalogue_path=_catalogue_path(home, catalogue),
     )
     emit(df, fmt, note)
 
