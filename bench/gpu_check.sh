@@ -6,7 +6,8 @@
 # Runs, each step under `timeout` and all of them inside one wall-clock budget (default 330 s, so
 # the whole call stays under 6 minutes on an H200):
 #   env             nvidia-smi, torch / CUDA / cuDNN versions, which modules import (stops the run
-#                   when torch is missing, or, on the GPU, when torch sees no CUDA device)
+#                   when torch is missing, or, on the GPU, when torch sees no CUDA device; other
+#                   missing modules are reported and fail only the steps that import them)
 #   tests           the CUDA tests (every test_*cuda* function in tests/test_*.py, by node id),
 #                   e.g. tests/test_runtime_early_exit.py::test_cuda_matches_offline
 #   early_exit      python -m bench.run_all --quick --device cuda --markdown --only early_exit
@@ -59,6 +60,7 @@ done
 [[ -n $RESULTS ]] || die "RESULTS_DIR missing ($(usage))"
 [[ $BUDGET =~ ^[0-9]+$ ]] && ((BUDGET >= 60)) || die "--budget must be a whole number of seconds >= 60, not '$BUDGET'"
 [[ ! -e $RESULTS || -d $RESULTS ]] || die "RESULTS_DIR '$RESULTS' exists and is not a folder"
+[[ $RESULTS == /* ]] || RESULTS=$PWD/$RESULTS # relative to where it was called, not to the repo
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || die "cannot enter $REPO"
@@ -83,7 +85,7 @@ DEVICE_MISSING=ray,mlflow,sqlalchemy,alembic,duckdb,pydantic,pydantic_core
 # The CUDA tests: every test function named test_*cuda* in tests/test_*.py, as node ids. Only
 # their files are collected (other test modules import Ray or MLflow, absent on the device), and
 # node ids rather than `-k cuda`, which would also match every test of a module named *cuda*.
-CUDA_TESTS=$(grep -o -E '^def test_[A-Za-z0-9_]*cuda[A-Za-z0-9_]*' tests/test_*.py 2>/dev/null |
+CUDA_TESTS=$(grep -H -o -E '^def test_[A-Za-z0-9_]*cuda[A-Za-z0-9_]*' tests/test_*.py 2>/dev/null |
   sed -E 's/:def /::/' | tr '\n' ' ')
 # None found: name a missing file, so that pytest fails the step instead of running the suite.
 CUDA_TESTS=${CUDA_TESTS:-tests/NO_TEST_NAMED_test_cuda_FOUND.py}
@@ -154,7 +156,8 @@ export PYTHONPATH=$PYPATH${PYTHONPATH:+:$PYTHONPATH}
 
 collect() {
   $PYTHON -m bench.gpu_check collect "$WORK" "$RESULTS" --mode "$MODE" --budget "$BUDGET" \
-    --elapsed $((SECONDS - START)) "$@" 2>&1 | tee -a "$LOG" >/dev/null
+    --elapsed $((SECONDS - START)) 2>&1 | tee -a "$LOG" >/dev/null ||
+    say "WARNING: collecting the results failed (traceback in gpu_check.log)"
 }
 
 stop=0
