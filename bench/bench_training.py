@@ -19,12 +19,16 @@ absolute numbers shown are each variant's best round; medians are in the JSON.
 Data: synthetic 32x32 uint8 images with CIFAR-10's statistics and 10 classes (the work does not
 depend on the pixels). --quick trains ResNet-56 only (width 0.5 on a CPU, 16 rounds of 256-image
 epochs: short epochs and many rounds suit this VM, whose speed changes within seconds; width 1 on
-5,120 images on a GPU); full size adds VGG-16, at width 1 and with more images.
+5,120 images on a GPU); full size adds VGG-16, at width 1 and with more images. ``--archs`` picks
+the architectures instead (bench/gpu_check.sh measures all four on a GPU that way).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +37,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import BenchReport, Figure, paired_ratio, pick, run_main, synchronize
+from bench.common import (
+    BenchReport,
+    Figure,
+    channels_last_safe,
+    paired_ratio,
+    pick,
+    run_main,
+    synchronize,
+)
 
 NAME = "bench_training"
 SDN_VS_CNN_TARGET = 1.10
@@ -208,16 +220,28 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def run(size: str, device: torch.device) -> BenchReport:
+def run(size: str, device: torch.device, archs: Sequence[str] | None = None) -> BenchReport:
+    """Measure each architecture of this size (or ``archs``, e.g. all four for per-architecture
+    bf16 and channels_last choices on a GPU: ``--archs vgg16,resnet56,wrn32_4,mobilenet``)."""
     from sdn.training import TrainConfig
 
     s = settings(size, device)
+    if archs:
+        s = replace(s, archs=tuple(archs))
     report = BenchReport(NAME, size, str(device))
     report.details["settings"] = s.__dict__
     splits = synthetic_splits(s)
     gpu = device.type == "cuda"
     check = size != "smoke"
     for arch in s.archs:
+        if not channels_last_safe(arch, s.width, device):
+            # Only reachable through --archs: this benchmark trains with channels_last on, which
+            # crashes torch on the CPU for this architecture at this width.
+            report.notes.append(
+                f"{arch} w{s.width:g} skipped: channels_last training is unsafe on {device} "
+                "(bench.common.channels_last_safe)"
+            )
+            continue
         base = TrainConfig(
             arch=arch,
             dataset="cifar10",
@@ -295,7 +319,18 @@ def run(size: str, device: torch.device) -> BenchReport:
 
 
 def main(argv: Sequence[str] | None = None) -> BenchReport:
-    return run_main(NAME, __doc__.splitlines()[0], run, argv)
+    """``python -m bench.bench_training [--quick|--smoke] [--archs a,b] [common flags]``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--archs", default="", help="comma-separated architectures to measure")
+    own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    archs = [a.strip() for a in own.archs.split(",") if a.strip()]
+    if archs:
+        from sdn.models import ARCHITECTURES
+
+        unknown = sorted(set(archs) - set(ARCHITECTURES))
+        if unknown:
+            raise SystemExit(f"--archs: unknown {unknown}; choose from {sorted(ARCHITECTURES)}")
+    return run_main(NAME, __doc__.splitlines()[0], functools.partial(run, archs=archs), rest)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 The quickstart preset trains 4 architectures x digits x {cnn, ic_only, sdn} x seed 0: 12 runs,
 each recorded as the sweep driver records it (``upsert_sweep``, ``upsert_run`` with its MLflow run
-and registered version, ``record_summary`` with per-exit results, the 101-threshold val and test
-curves, the chosen operating points and the overthinking summary). The numbers are synthetic
-(seeded) but have the real shapes: 7 outputs for ResNet-56, WRN-32-4 and VGG-16, 6 for MobileNet,
-1 for a CNN. The CLI benchmark and the table tests read it, so they need no 6-minute sweep.
+and registered version, ``record_summary`` with per-exit results, each policy's val and test
+curves and frontier, the chosen operating points and the overthinking summary). The numbers are synthetic
+(seeded outputs, summarised by the analysis's own ``summarise_outputs``) but have the real
+shapes: 7 outputs for ResNet-56, WRN-32-4 and VGG-16, 6 for MobileNet, 1 for a CNN. The CLI benchmark and the table tests read it, so they need no 6-minute sweep.
 """
 
 from __future__ import annotations
@@ -19,50 +19,47 @@ import numpy as np
 ARCHS = {"resnet56": 7, "wrn32_4": 7, "vgg16": 7, "mobilenet": 6}
 MODES = ("cnn", "ic_only", "sdn")
 SWEEP = "quickstart"
-THRESHOLDS = 101
 EPOCHS = {"cnn": 12, "ic_only": 6, "sdn": 12}
+DROPS, BUDGETS, DELTA = (0.0, 0.01, 0.02, 0.05), (0.25, 0.5, 0.75), 0.1  # the preset's analysis
+
+
+def _outputs(n: int, exits: int, rng: np.random.Generator, final: float):
+    """Outputs shaped like a trained SDN's on digits: later exits right more often, right
+    answers more confident."""
+    from sdn.results import Outputs
+
+    labels = rng.integers(0, 10, n)
+    rates = np.linspace(max(0.45, final - 0.45), final, exits) if exits > 1 else np.array([final])
+    hit = rng.random((n, exits)) < rates
+    preds = np.where(hit, labels[:, None], (labels[:, None] + rng.integers(1, 10, (n, exits))) % 10)
+    confidences = np.clip(rng.random((n, exits)) * 0.5 + 0.5 * hit, 0, 1).astype(np.float32)
+    return Outputs(
+        labels=labels.astype(np.int64),
+        preds=preds.astype(np.int64),
+        confidences=confidences,
+        confusion=rng.random(n, dtype=np.float32),
+        entropies=(np.log(10) * (1 - confidences)).astype(np.float32),
+    )
 
 
 def _summary(exits: int, seed: int):
-    from sdn.results import OperatingPoint, OverthinkingSummary, RunSummary
+    """A summary made as the analysis makes one (``summarise_outputs``), from synthetic outputs
+    of the quickstart's split sizes (train 1294, val 144, test 359)."""
+    from sdn.analysis import summarise_outputs
+    from sdn.early_exit import targets_from
 
     rng = np.random.default_rng(seed)
+    final = float(rng.uniform(0.9, 0.98))
+    outputs = {
+        split: _outputs(n, exits, rng, final)
+        for split, n in (("train", 1294), ("val", 144), ("test", 359))
+    }
     costs = list(np.cumsum(rng.uniform(1.0, 2.0, exits)) * 1e6)
     cnn = costs[-1] * (0.95 if exits > 1 else 1.0)
-    final = {s: float(rng.uniform(0.9, 0.98)) for s in ("val", "test")}
-    per_exit = {
-        s: [*sorted(rng.uniform(0.4, final[s], exits - 1).tolist()), final[s]] for s in final
-    }
-    points = []
-    grid = np.linspace(0.0, 1.0, THRESHOLDS)
-    for split in ("val", "test"):
-        if exits == 1:
-            cost = np.ones(THRESHOLDS)
-            acc = np.full(THRESHOLDS, final[split])
-        else:
-            cost = np.clip(0.2 + 0.8 * grid**2 + rng.normal(0, 0.005, THRESHOLDS), 0.05, None)
-            acc = np.clip(final[split] - 0.3 * (1 - grid) ** 3, 0, 1)
-            acc[-1], cost[-1] = final[split], costs[-1] / cnn
-        for t, a, c in zip(grid, acc, cost, strict=True):
-            counts = rng.multinomial(359, np.ones(exits) / exits).tolist()
-            points.append(OperatingPoint(float(t), split, float(a), float(c), counts))
-    for drop in (0.0, 0.01, 0.02, 0.05):
-        for split in ("val", "test"):
-            chosen = final[split] - drop / 2
-            counts = [359 // exits] * exits
-            points.append(OperatingPoint(0.9, split, chosen, 0.6, counts, f"max_drop={drop}"))
-    counts = rng.integers(5, 60, exits + 1).tolist()
-    over = OverthinkingSummary(
-        first_correct_counts=counts,
-        oracle_relative_cost=float(rng.uniform(0.3, 0.6)) if exits > 1 else 1.0,
-        destructive_fraction=float(rng.uniform(0.1, 0.6)),
-        destructive_per_ic=rng.random(exits - 1).tolist(),
-        confusion_auroc=float(rng.uniform(0.6, 0.9)) if exits > 1 else None,
-        max_softmax_auroc=float(rng.uniform(0.6, 0.9)),
-        confusion_mean=1.2,
-        confusion_std=0.3,
-    )
-    return RunSummary(exits, costs, cnn, per_exit, points, over)
+    return summarise_outputs(
+        outputs, costs, cnn, num_classes=10,
+        targets=targets_from(DROPS, BUDGETS), delta=DELTA,
+    )  # fmt: skip
 
 
 def build(path: Path) -> Path:

@@ -73,7 +73,7 @@ def print_early_exit_table(summary: RunSummary) -> None:
     test_points = {
         round(p.threshold, 6): p
         for p in summary.operating_points
-        if p.split == "test" and p.objective is None
+        if p.split == "test" and p.policy == "confidence" and p.threshold is not None
     }
     print("\nearly exit on test (exit at the first IC with max softmax >= q)")
     print("q        test acc  rel. cost  exits per output")
@@ -82,14 +82,17 @@ def print_early_exit_table(summary: RunSummary) -> None:
         if p is not None:
             counts = " ".join(f"{c:4d}" for c in p.exit_counts)
             print(f"{q:<7}  {100 * p.accuracy:7.1f}%  {p.relative_cost:9.3f}  {counts}")
-    chosen = [p for p in summary.operating_points if p.objective and p.split == "test"]
+    chosen = [c for c in summary.choices if c.policy == "confidence" and c.test is not None]
     if chosen:
-        print("\nthreshold chosen on val for a target, measured on test")
-        print("target                q        test acc  rel. cost")
-        for p in chosen:
+        print("\nthreshold chosen on val for a target (empirical, or certified at delta), on test")
+        print("target          method         q        test acc  rel. cost  status")
+        for c in chosen:
+            assert c.test is not None
+            q = "off" if c.val.threshold is None else f"{c.val.threshold:.4g}"
+            method = c.method if c.delta is None else f"{c.method} {c.delta:g}"
             print(
-                f"{p.objective:<20}  {p.threshold:<7.4g}  {100 * p.accuracy:7.1f}%  "
-                f"{p.relative_cost:9.3f}"
+                f"{c.target:<14}  {method:<13}  {q:<7}  {100 * c.test.accuracy:7.1f}%  "
+                f"{c.test.relative_cost:9.3f}  {c.status}"
             )
     ot = summary.overthinking
     if ot is not None:

@@ -18,15 +18,28 @@ from torch import nn
 
 from sdn.data import BatchIterator, DatasetInfo, DataSplits, ImageSet
 from sdn.early_exit import (
-    choose_threshold,
+    POLICIES,
+    Target,
+    build_frontier,
+    certify,
+    check_policy,
     curve_point,
-    default_thresholds,
+    default_grid,
     early_exit_curve,
-    evaluate_threshold,
+    targets_from,
 )
 from sdn.errors import SDNError
-from sdn.metrics import confusion_statistics, overthinking_summary, per_exit_accuracy
+from sdn.metrics import (
+    confusion_statistics,
+    exit_calibration,
+    overthinking_summary,
+    per_exit_accuracy,
+)
+from sdn.models.runtime import softmax_statistics
 from sdn.results import Outputs, RunSummary
+
+#: Risk level of the certified choices a summary stores next to the empirical ones.
+DEFAULT_DELTA = 0.1
 
 # Training samples used for the confusion statistics: enough for a stable mean and std, and cheap.
 TRAIN_CONFUSION_SAMPLES = 5000
@@ -41,21 +54,28 @@ def _model_device(model: nn.Module) -> torch.device:
 def reduce_logits(logits: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-sample summaries of one batch of outputs, computed where the logits live.
 
-    Returns preds int64 [B, E], confidences float32 [B, E] (max softmax) and confusion float32 [B]:
-    sum over outputs k of ||softmax(final) - softmax(k)||_1 (the final's own term is 0).
+    Returns preds int64 [B, E], confidences float32 [B, E] (max softmax), entropies float32
+    [B, E] (softmax entropy, nats; ``softmax_statistics``, as the runtime computes them) and
+    confusion float32 [B]: sum over outputs k of ||softmax(final) - softmax(k)||_1 (the final's
+    own term is 0).
     """
     stacked = torch.stack([t.float() for t in logits])  # [E, B, C]; float32 even under autocast
+    confidences, preds, entropies = softmax_statistics(stacked)  # [E, B] each
     probs = torch.softmax(stacked, dim=-1)
-    confidences, preds = probs.max(dim=-1)  # [E, B]
     confusion = (probs - probs[-1]).abs().sum(dim=-1).sum(dim=0)  # [B]
-    return {"preds": preds.T, "confidences": confidences.T, "confusion": confusion}
+    return {
+        "preds": preds.T,
+        "confidences": confidences.T,
+        "entropies": entropies.T,
+        "confusion": confusion,
+    }
 
 
 @dataclass
 class _InFlight:
     """One batch's results on their way to the host (see ``_start_copy``)."""
 
-    packed: torch.Tensor  # float32 [B, 2E + 2]: preds, confidences, confusion, label
+    packed: torch.Tensor  # float32 [B, 3E + 2]: preds, confidences, entropies, confusion, label
     logits: torch.Tensor | None  # float32 [B, E, C] when kept
     num_exits: int
     done: torch.cuda.Event | None  # set on CUDA: the copy is finished once it has fired
@@ -73,6 +93,7 @@ def _start_copy(logits: Sequence[torch.Tensor], labels: torch.Tensor, keep: bool
         [
             summary["preds"].float(),
             summary["confidences"],
+            summary["entropies"],
             summary["confusion"][:, None],
             labels.to(summary["confusion"].device).float()[:, None],
         ],
@@ -98,7 +119,8 @@ def _finish(batch: _InFlight, sample_index: np.ndarray) -> Outputs:
         labels=packed[:, -1].astype(np.int64),
         preds=packed[:, :e].astype(np.int64),
         confidences=np.ascontiguousarray(packed[:, e : 2 * e]),
-        confusion=np.ascontiguousarray(packed[:, 2 * e]),
+        entropies=np.ascontiguousarray(packed[:, 2 * e : 3 * e]),
+        confusion=np.ascontiguousarray(packed[:, 3 * e]),
         logits=None if batch.logits is None else batch.logits.numpy(),
         sample_index=sample_index,
     )
@@ -234,14 +256,6 @@ def model_costs(model: nn.Module) -> tuple[list[float], float]:
     return [float(c) for c in exit_costs()], float(cnn_cost())
 
 
-def choice_thresholds(grid: np.ndarray, val: Outputs) -> np.ndarray:
-    """The grid plus every distinct IC confidence on val: the curve only changes at those values,
-    so choosing among them finds the exact best val point, not just the best grid point."""
-    distinct = np.unique(val.confidences[:, :-1]).astype(np.float64)
-    distinct = distinct[np.isfinite(distinct)]  # a NaN confidence (a diverged head) never fires
-    return np.unique(np.concatenate([grid, np.clip(distinct, 0.0, 1.0)]))
-
-
 def summarise(
     model: nn.Module,
     splits: DataSplits | None,
@@ -250,6 +264,8 @@ def summarise(
     thresholds: Sequence[float] | np.ndarray | None = None,
     max_accuracy_drops: Sequence[float] = (0.0, 0.01, 0.02, 0.05),
     cost_budgets: Sequence[float] = (0.25, 0.5, 0.75),
+    policies: Sequence[str] = POLICIES,
+    delta: float | None = DEFAULT_DELTA,
     device: str | torch.device | None = None,
     outputs: Mapping[str, Outputs] | None = None,
     batch_size: int = 256,
@@ -259,17 +275,11 @@ def summarise(
 ) -> RunSummary:
     """Everything the paper reports for one trained model, from one pass over each split.
 
-    - Outputs for val, test and a deterministic subsample of train (<= ``train_samples``, no
-      augmentation; used for per-exit accuracy and the confusion statistics). Splits given in
-      ``outputs`` are not recomputed.
-    - Early-exit curve points (objective None) on ``thresholds`` for val and test.
-    - For each target, the threshold chosen on **val** (the grid plus every distinct val IC
-      confidence), stored as a val point and as a test point at the same threshold, both with the
-      target as objective. The test split never influences a choice (spec bug 6).
-    - Overthinking figures on test, confusion standardised with the train statistics.
+    Outputs for val, test and a deterministic subsample of train (<= ``train_samples``, no
+    augmentation; used for per-exit accuracy and the confusion statistics); splits given in
+    ``outputs`` are not recomputed. The rest is ``summarise_outputs``.
     """
     exit_costs, cnn_cost = model_costs(model)
-    costs = np.asarray(exit_costs) / cnn_cost
     collected: dict[str, Outputs] = dict(outputs or {})
 
     def ensure(split: str, indices: np.ndarray | None = None) -> Outputs:
@@ -290,39 +300,92 @@ def summarise(
             )
         return collected[split]
 
-    val, test = ensure("val"), ensure("test")
+    ensure("val")
+    ensure("test")
     if "train" not in collected:
         train_set = getattr(splits, "train", None)
         size = 0 if train_set is None else len(train_set.labels)
         ensure("train", train_subsample(size, train_samples))
-    train = collected["train"]
+    return summarise_outputs(
+        collected,
+        exit_costs,
+        cnn_cost,
+        num_classes=info.num_classes,
+        thresholds=thresholds,
+        targets=targets_from(max_accuracy_drops, cost_budgets),
+        policies=policies,
+        delta=delta,
+        fallback=fallback,
+    )
+
+
+def summarise_outputs(
+    outputs: Mapping[str, Outputs],
+    exit_costs: Sequence[float],
+    cnn_cost: float,
+    *,
+    num_classes: int,
+    targets: Sequence[Target],
+    thresholds: Sequence[float] | np.ndarray | None = None,
+    policies: Sequence[str] = POLICIES,
+    delta: float | None = DEFAULT_DELTA,
+    fallback: str = "final",
+) -> RunSummary:
+    """The summary of one run from its outputs (``train``, ``val``, ``test``) and costs alone.
+
+    Per policy (for a single-exit CNN every threshold means "the final head", which keeps it in
+    the early-exit tables as the reference): the early-exit curves on the policy's fixed grid for
+    val and test (``thresholds`` replaces the confidence grid), the exact validation frontier
+    with test figures at its thresholds, and for each target the empirical choice (from the
+    frontier) and, when ``delta`` is set, the certified one (from the val grid curve). Test never
+    influences a choice (spec bug 6). Also per-exit accuracy for every split given, calibration
+    on val and test, and the overthinking figures on test with confusion standardised on train.
+    """
+    for split in ("train", "val", "test"):
+        if split not in outputs:
+            raise SDNError(f"split {split!r} is missing; summarise needs train, val and test")
+    val, test, train = outputs["val"], outputs["test"], outputs["train"]
+    costs = np.asarray(exit_costs, dtype=np.float64) / float(cnn_cost)
     if val.num_exits != costs.size or test.num_exits != costs.size:
         raise SDNError(
             f"outputs have {val.num_exits} exits but the model reports {costs.size} exit costs"
         )
-
-    grid = default_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    points = []
-    for split, outs in (("val", val), ("test", test)):
-        curve = early_exit_curve(outs, costs, grid, fallback)
-        points += [curve_point(curve, i, split) for i in range(grid.size)]
-
-    val_curve = early_exit_curve(val, costs, choice_thresholds(grid, val), fallback)
-    reference = per_exit_accuracy(val)[-1]
-    targets = [{"max_accuracy_drop": d} for d in max_accuracy_drops]
-    targets += [{"cost_budget": b} for b in cost_budgets]
-    for target in targets:
-        chosen = choose_threshold(val_curve, reference, split="val", **target)
-        points.append(chosen)
-        points.append(
-            evaluate_threshold(test, costs, chosen.threshold, "test", fallback, chosen.objective)
-        )
-
+    points, frontiers, choices = [], [], []
+    for policy in policies:
+        check_policy(policy)
+        if policy == "entropy" and (val.entropies is None or test.entropies is None):
+            continue  # outputs read from files that predate entropies
+        grid = default_grid(policy, costs.size, num_classes)
+        if policy == "confidence" and thresholds is not None:
+            grid = np.unique(np.asarray(thresholds, dtype=np.float64))
+        curves = {}
+        for split, outs in (("val", val), ("test", test)):
+            curves[split] = early_exit_curve(outs, costs, grid, fallback, policy)
+            points += [curve_point(curves[split], i, split) for i in range(grid.size)]
+        frontier = build_frontier(val, test, costs, policy, grid, fallback)
+        frontiers.append(frontier)
+        for target in targets:
+            choices.append(frontier.choose(target))
+            if delta is not None:
+                choices.append(
+                    certify(
+                        curves["val"],
+                        curves["test"],
+                        frontier.reference_val,
+                        frontier.reference_test,
+                        costs,
+                        target,
+                        delta,
+                    )
+                )
     return RunSummary(
         num_exits=int(costs.size),
-        exit_costs=exit_costs,
-        cnn_cost=cnn_cost,
-        per_exit_accuracy={name: per_exit_accuracy(o) for name, o in collected.items()},
+        exit_costs=[float(c) for c in exit_costs],
+        cnn_cost=float(cnn_cost),
+        per_exit_accuracy={name: per_exit_accuracy(o) for name, o in outputs.items()},
         operating_points=points,
         overthinking=overthinking_summary(test, costs, confusion_statistics(train)),
+        frontiers=frontiers,
+        choices=choices,
+        calibration=exit_calibration(val, "val") + exit_calibration(test, "test"),
     )

@@ -12,7 +12,11 @@ import numpy as np
 
 from sdn.early_exit import check_relative_costs
 from sdn.errors import SDNError
-from sdn.results import Outputs, OverthinkingSummary
+from sdn.results import ExitCalibration, Outputs, OverthinkingSummary
+
+#: Equal-width confidence bins of the expected calibration error (the usual choice since Guo et
+#: al., 2017, so figures compare with the literature).
+CALIBRATION_BINS = 15
 
 
 def per_exit_accuracy(outputs: Outputs) -> list[float]:
@@ -134,3 +138,42 @@ def overthinking_summary(
         confusion_mean=float(mean),
         confusion_std=float(std),
     )
+
+
+def exit_calibration(
+    outputs: Outputs, split: str, bins: int = CALIBRATION_BINS
+) -> list[ExitCalibration]:
+    """Expected calibration error and reliability curve of every exit's max-softmax confidence.
+
+    Confidences fall into ``bins`` equal-width bins on [0, 1] (1.0 in the last); ECE is the
+    sample-weighted mean of |accuracy - mean confidence| over the bins. Samples with a NaN
+    confidence (a diverged head) are left out of that exit's figures.
+    """
+    if bins < 1:
+        raise SDNError(f"bins {bins!r} must be a positive number of bins")
+    correct = outputs.correct
+    result = []
+    for k in range(outputs.num_exits):
+        conf = np.asarray(outputs.confidences[:, k], dtype=np.float64)
+        keep = np.isfinite(conf)
+        conf, ok = conf[keep], correct[keep, k]
+        which = np.minimum((np.clip(conf, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
+        counts = np.bincount(which, minlength=bins)
+        conf_sum = np.bincount(which, weights=conf, minlength=bins)
+        ok_sum = np.bincount(which, weights=ok.astype(np.float64), minlength=bins)
+        filled = counts > 0
+        mean_conf = np.where(filled, conf_sum / np.maximum(counts, 1), np.nan)
+        mean_acc = np.where(filled, ok_sum / np.maximum(counts, 1), np.nan)
+        total = int(counts.sum())
+        ece = float(np.abs(ok_sum - conf_sum).sum() / total) if total else float("nan")
+        result.append(
+            ExitCalibration(
+                split=split,
+                exit_index=k,
+                ece=ece,
+                bin_counts=[int(c) for c in counts],
+                bin_confidence=[None if np.isnan(v) else float(v) for v in mean_conf],
+                bin_accuracy=[None if np.isnan(v) else float(v) for v in mean_acc],
+            )
+        )
+    return result

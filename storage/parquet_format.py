@@ -22,7 +22,9 @@ from storage.errors import StorageError, one_line
 if TYPE_CHECKING:
     from storage.predictions import RunKey
 
-SCHEMA_VERSION = 1
+#: 2 added ``entropy`` (each output's softmax entropy, for the entropy exit policy); files of
+#: version 1 are still read (their entropy reads as null).
+SCHEMA_VERSION = 2
 VERSION_KEY = b"sdn.schema_version"
 SPLITS = ("val", "test")
 KINDS = ("outputs", "logits")
@@ -43,6 +45,7 @@ OUTPUTS_SCHEMA = pa.schema(
         pa.field("confidence", pa.float32(), nullable=False),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("confusion", pa.float32(), nullable=False),
+        pa.field("entropy", pa.float32(), nullable=True),
     ]
 )
 LOGITS_SCHEMA = pa.schema([*KEY_FIELDS, pa.field("logits", pa.list_(pa.float32()), nullable=False)])
@@ -80,6 +83,7 @@ def chunks(part: Outputs) -> Iterator[Outputs]:
             confusion=part.confusion[s],
             logits=None if part.logits is None else part.logits[s],
             sample_index=part.sample_index[s],
+            entropies=None if part.entropies is None else part.entropies[s],
         )
 
 
@@ -107,6 +111,9 @@ def outputs_table(run_id: str, split: str, part: Outputs) -> pa.Table:
         pa.array(np.asarray(part.confidences, dtype=np.float32).reshape(-1)),
         pa.array(pred == label),
         pa.array(np.repeat(np.asarray(part.confusion, dtype=np.float32), e)),
+        pa.nulls(part.num_samples * e, pa.float32())
+        if part.entropies is None
+        else pa.array(np.asarray(part.entropies, dtype=np.float32).reshape(-1)),
     ]
     return pa.Table.from_arrays(arrays, schema=OUTPUTS_SCHEMA)
 

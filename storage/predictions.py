@@ -264,6 +264,9 @@ class PredictionStore:
                 raise StorageError(f"{lpath} does not have the same samples and exits as {path}")
             values = lt.column("logits").combine_chunks().flatten().to_numpy()
             logits = values.reshape(n, e, -1).astype(np.float32, copy=False) if n else None
+        entropies = None
+        if "entropy" in table.column_names and table.column("entropy").null_count == 0:
+            entropies = column("entropy", np.float32).reshape(n, e)
         return Outputs(
             labels=column("label", np.int64)[::e],
             preds=column("pred", np.int64).reshape(n, e),
@@ -271,6 +274,7 @@ class PredictionStore:
             confusion=column("confusion", np.float32)[::e],
             logits=logits,
             sample_index=column("sample_index", np.int64)[::e],
+            entropies=entropies,
         )
 
     # ------------------------------------------------------------------ reading across runs
@@ -402,7 +406,7 @@ class PredictionStore:
             types = ", ".join(f"'{k}': VARCHAR" for k in PARTITION_KEYS)
             return (
                 f"SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, "
-                f"hive_types = {{{types}}})"
+                f"hive_types = {{{types}}}, union_by_name = true)"
             )
         columns = [(f.name, f.type) for f in FILE_SCHEMAS[kind]] + [
             (k, pa.string()) for k in PARTITION_KEYS

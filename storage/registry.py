@@ -19,6 +19,7 @@ the explicit tracking/registry URIs, so a worker never falls back to a stray ``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,9 @@ class Registry:
         """Check the store(s) once (schema created, server reachable) and bind a client."""
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
+        # MLflow draws tqdm bars on stderr while downloading artifacts; a CLI's stderr is for its
+        # one-line errors, and a library user who wants the bars can set the variable.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         ensure_tracking_store(self.tracking_uri)
         if self.registry_uri != self.tracking_uri:
             ensure_tracking_store(self.registry_uri)

@@ -171,12 +171,12 @@ def test_bad_batch_size_is_rejected_at_the_call():
         iter_outputs(StandIn(), imageset(4, 0), INFO, batch_size=0)  # no next() needed
 
 
-def chosen_pairs(summary):
-    chosen = [p for p in summary.operating_points if p.objective is not None]
-    val = {p.objective: p for p in chosen if p.split == "val"}
-    test = {p.objective: p for p in chosen if p.split == "test"}
-    assert val.keys() == test.keys() and len(chosen) == 2 * len(val)
-    return val, test
+def chosen(summary, policy="confidence", method="empirical"):
+    picked = {c.target: c for c in summary.choices if c.policy == policy and c.method == method}
+    assert len(picked) == sum(
+        1 for c in summary.choices if c.policy == policy and c.method == method
+    )
+    return picked
 
 
 def test_summarise_end_to_end_on_stand_in():
@@ -188,36 +188,43 @@ def test_summarise_end_to_end_on_stand_in():
     assert summary.relative_costs == pytest.approx([1 / 3.5, 2 / 3.5, 4 / 3.5])
     assert set(summary.per_exit_accuracy) == {"train", "val", "test"}
 
-    curve_points = [p for p in summary.operating_points if p.objective is None]
+    # The sweep's own confidence grid reaches the stored curves (AnalysisSpec.thresholds).
+    curve_points = [p for p in summary.operating_points if p.policy == "confidence"]
     assert [p.split for p in curve_points] == ["val"] * 6 + ["test"] * 6
     assert [p.threshold for p in curve_points[:6]] == thresholds
+    assert {p.policy for p in summary.operating_points} == {"confidence", "entropy", "patience"}
+    assert [f.policy for f in summary.frontiers] == ["confidence", "entropy", "patience"]
 
     val_outs = collect_outputs(model, data.val, INFO)
     test_outs = collect_outputs(model, data.test, INFO)
-    val, test = chosen_pairs(summary)
-    assert {k.split(" ")[0] for k in val} == {
+    picked = chosen(summary)
+    assert set(picked) == {
         "max_drop=0.00",
         "max_drop=0.01",
         "max_drop=0.02",
         "max_drop=0.05",
         "budget=0.50",
     }
+    assert len(chosen(summary, method="certified")) == 5  # delta 0.1 by default
     costs = np.array(summary.relative_costs)
-    for objective, val_point in val.items():
+    for choice in picked.values():
         # The test point is the val-chosen threshold replayed on test, nothing re-chosen.
-        assert test[objective].threshold == val_point.threshold
-        replay = evaluate_threshold(test_outs, costs, val_point.threshold, "test")
-        assert test[objective].accuracy == replay.accuracy
-        assert test[objective].exit_counts == replay.exit_counts
-        # And the val point is the one choose_threshold picks on val.
-        again = evaluate_threshold(val_outs, costs, val_point.threshold, "val")
+        assert choice.test.threshold == choice.val.threshold
+        replay = evaluate_threshold(test_outs, costs, choice.val.threshold, "test")
+        assert choice.test.accuracy == replay.accuracy
+        assert choice.test.exit_counts == replay.exit_counts
+        # And the val point is what that threshold gives on val.
+        again = evaluate_threshold(val_outs, costs, choice.val.threshold, "val")
         assert (again.accuracy, again.relative_cost) == (
-            val_point.accuracy,
-            val_point.relative_cost,
+            choice.val.accuracy,
+            choice.val.relative_cost,
         )
     assert summary.overthinking is not None
     assert sum(summary.overthinking.first_correct_counts) == 22
     assert summary.to_dict()["relative_costs"] == summary.relative_costs
+    assert {(c.split, c.exit_index) for c in summary.calibration} == {
+        (s, k) for s in ("val", "test") for k in range(3)
+    }
 
 
 def test_summarise_reuses_given_outputs_and_chooses_on_val_only():
@@ -249,19 +256,27 @@ def test_summarise_reuses_given_outputs_and_chooses_on_val_only():
         max_accuracy_drops=(0.0,),
         cost_budgets=(),
     )
-    val_points, test_points = chosen_pairs(summary)
-    val_point, test_point = val_points["max_drop=0.00"], test_points["max_drop=0.00"]
+    # These outputs carry no entropies (as files written before they were kept): no entropy policy.
+    assert [f.policy for f in summary.frontiers] == ["confidence", "patience"]
+    choice = chosen(summary)["max_drop=0.00"]
+    val_point, test_point = choice.val, choice.test
     assert val_point.threshold == pytest.approx(0.9)
     assert (val_point.accuracy, val_point.relative_cost) == (1.0, 0.75)
     on_test = early_exit_curve(test, [0.5, 1.0], default_thresholds())
-    assert choose_threshold(on_test, 1.0, max_accuracy_drop=0.0).threshold != val_point.threshold
+    assert (
+        choose_threshold(on_test, 1.0, max_accuracy_drop=0.0).val.threshold != val_point.threshold
+    )
     assert test_point.threshold == val_point.threshold
     assert (test_point.accuracy, test_point.relative_cost, test_point.exit_counts) == (
         1.0,
         0.75,
         [1, 1],
     )
-    assert len(summary.operating_points) == 2 * default_thresholds().size + 2
+    by_policy = {}
+    for p in summary.operating_points:
+        by_policy[p.policy] = by_policy.get(p.policy, 0) + 1
+    # Both splits on each grid: 128 confidences, and patience k = 1 (one IC).
+    assert by_policy == {"confidence": 2 * default_thresholds().size, "patience": 2}
     assert summary.overthinking.confusion_mean == pytest.approx(0.5)
 
 

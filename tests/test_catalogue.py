@@ -7,14 +7,14 @@ import sqlite3
 import traceback
 from datetime import UTC, datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from storage_factories import make_summary, record
+from storage_factories import make_costs, make_run_outputs, make_summary, record
 
-from sdn.results import OperatingPoint
+from sdn.early_exit import Target, candidate_thresholds, default_grid, evaluate_threshold
 from storage import Catalogue, RunRecord, StorageError
-from storage.catalogue import early_exit
 from storage.catalogue.migrate import VERSION_TABLE, head_revision
 from storage.catalogue.models import Base
 
@@ -22,7 +22,7 @@ TABLES = (
     "runs",
     "exit_results",
     "early_exit_points",
-    "early_exit_frontier",
+    "early_exit_frontiers",
     "early_exit_choices",
     "overthinking",
 )
@@ -45,11 +45,6 @@ def test_migration_from_empty_matches_models(cat):
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert context.get_current_revision() == head_revision()
         assert compare_metadata(context, Base.metadata) == []
-        # Autogenerate cannot compare expression indexes on SQLite; check that one directly.
-        index = conn.exec_driver_sql(
-            "SELECT sql FROM sqlite_master WHERE name = 'uq_early_exit_points_point'"
-        ).scalar()
-        assert "UNIQUE" in index and "coalesce(objective, '')" in index
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
@@ -96,22 +91,13 @@ def test_upserts_are_idempotent(cat):
     for _ in range(2):
         rid = record(cat, summary=summary, width=0.5, epochs=3, status="running")
     once = counts(cat)
-    assert once["runs"] == 1 and once["exit_results"] == 2 * 4 and once["overthinking"] == 1
-    assert once["early_exit_points"] == 2 * 21 + 2
-    final_val = summary.per_exit_accuracy["val"][-1]
-    targets = [(d, None) for d in early_exit.STANDARD_DROPS]
-    targets += [(None, b) for b in early_exit.STANDARD_BUDGETS]
-    reachable = [
-        early_exit.choose_on_validation(summary.operating_points, final_val, d, b) is not None
-        for d, b in targets
-    ]
-    assert once["early_exit_choices"] == sum(reachable) >= len(targets) - 1
+    assert once["runs"] == 1 and once["exit_results"] == 3 * 4 and once["overthinking"] == 1
+    assert once["early_exit_points"] == len(summary.operating_points) > 0
+    # 3 policies x 2 targets x (empirical, certified), one frontier per policy.
+    assert once["early_exit_choices"] == len(summary.choices) == 12
+    assert once["early_exit_frontiers"] == 3
     cat.record_summary(rid, make_summary(seed=7))
-    again = counts(cat)
-    derived = ("early_exit_frontier", "early_exit_choices")  # depend on the curve's shape
-    assert {t: n for t, n in again.items() if t not in derived} == {
-        t: n for t, n in once.items() if t not in derived
-    }
+    assert counts(cat) == once
     sweep = cat.sql("SELECT spec, code_version FROM sweeps").iloc[0]
     assert "resnet56" in sweep.spec and sweep.code_version == "abc123"
 
@@ -152,15 +138,15 @@ def test_foreign_keys_cascade(cat):
     full = counts(cat)
     assert cat.delete_run(gone) and not cat.delete_run(gone)
     after = counts(cat)
-    assert all(after[t] * 3 == full[t] * 2 for t in TABLES if t != "early_exit_frontier")
+    assert all(after[t] * 3 == full[t] * 2 for t in TABLES)
     assert cat.delete_sweep("other")
     assert cat.runs().run_id.tolist() == [keep]
-    assert counts(cat)["exit_results"] == 8
+    assert counts(cat)["exit_results"] == 12
     with pytest.raises(StorageError, match="FOREIGN KEY constraint failed"):
         cat._write(
             "orphan",
             lambda c: c.exec_driver_sql(
-                "INSERT INTO exit_results VALUES (99, 12345, 'val', 0, 1, 0.5, 1.0, 1.0)"
+                "INSERT INTO exit_results VALUES (99, 12345, 'val', 0, 1, 0.5, 1.0, 1.0, NULL, NULL)"
             ),
         )
 
@@ -176,7 +162,7 @@ def grid(tmp_path_factory):
             for mode in ("cnn", "sdn"):
                 for seed in (0, 1):
                     status = "done" if seed == 0 else "failed"
-                    summary = make_summary(seed=len(cat.runs()))
+                    summary = make_summary(seed=len(cat.runs()), exits=1 if mode == "cnn" else 4)
                     record(cat, sweep, arch, "digits", mode, seed, summary=summary, status=status)
     yield cat
     cat.close()
@@ -191,11 +177,15 @@ def test_run_filters(grid):
     assert grid.runs(arch="vgg16' OR '1'='1").empty  # values are bound, never pasted
     assert set(grid.runs(seed=[0, 1], dataset="digits").seed) == {0, 1}
     exits = grid.exits(arch="resnet56", split="val")
-    assert len(exits) == 8 * 4 and set(exits.split) == {"val"}
+    assert len(exits) == 4 * 4 + 4 * 1 and set(exits.split) == {"val"}
     assert exits.groupby("run_id").is_final.sum().eq(1).all()
-    over = grid.overthinking(mode="cnn")
+    assert exits.ece.between(0, 1).all()
+    over = grid.overthinking(mode="sdn")
     assert len(over) == 8 and over.first_correct.map(len).eq(5).all()
-    assert over.max_softmax_auroc.isna().all() and over.confusion_auroc.eq(0.81).all()
+    assert over.confusion_auroc.between(0, 1).all()
+    calibration = grid.calibration(run_id=exits.run_id.iloc[0], split="test")
+    bins = calibration.reliability.iloc[0]
+    assert sum(bins["counts"]) == 120 and len(bins["confidence"]) == 15
 
 
 @pytest.mark.parametrize("query", ["runs", "exits", "overthinking", "best_early_exit"])
@@ -208,84 +198,129 @@ def test_unknown_filter_lists_allowed(grid, query):
     assert "sweep" in message and "\n" not in message
 
 
-def _reference(cat, drop=None, budget=None, split="test"):
-    """best_early_exit recomputed in plain Python from the stored curves."""
-    rows = cat.sql(
-        "SELECT r.run_id, r.arch, r.dataset, r.train_mode, p.split, p.threshold, p.accuracy, "
-        "p.relative_cost FROM early_exit_points p JOIN runs r ON r.id = p.run_pk "
-        "WHERE p.objective IS NULL"
-    ).itertuples(index=False)
-    finals = dict(
-        cat.sql(
-            "SELECT r.run_id, e.accuracy FROM exit_results e JOIN runs r "
-            "ON r.id = e.run_pk WHERE e.split = 'val' AND e.is_final"
-        ).values
-    )
-    curves, groups = {}, {}
-    for r in rows:
-        point = OperatingPoint(r.threshold, r.split, r.accuracy, r.relative_cost, [])
-        curves.setdefault(r.run_id, []).append(point)
-        groups[r.run_id] = (r.arch, r.dataset, r.train_mode)
+def _reference(cat, target: Target, policy: str = "confidence", split: str = "test"):
+    """best_early_exit by brute force: every run's outputs made again, every candidate threshold
+    replayed one at a time, the rule and the group ranking written out in plain Python."""
+    runs = cat.runs().sort_values("run_id")
     chosen = {}
-    for rid, points in curves.items():
-        best = early_exit.choose_on_validation(points, finals[rid], drop, budget)
-        if best is None:
-            continue
-        if drop is not None:
-            key = (best.relative_cost, -best.accuracy, rid)
+    for position, r in enumerate(
+        cat.sql("SELECT run_id, arch, dataset, train_mode, id FROM runs ORDER BY id").itertuples()
+    ):
+        seed, exits = position, 1 if r.train_mode == "cnn" else 4
+        outputs = make_run_outputs(exits, seed)
+        costs, cnn = make_costs(exits, seed)
+        rel = [c / cnn for c in costs]
+        val, test = outputs["val"], outputs["test"]
+        ref = float(val.correct[:, -1].mean())
+        grid = default_grid(policy, exits, 10)
+        best = None
+        for t in candidate_thresholds(grid):
+            q = None if t != t else float(t)
+            p = evaluate_threshold(val, rel, q, "val", policy=policy)
+            level = -1e300 if q is None else (-q if policy == "entropy" else q)
+            level = float("inf") if q is None else level
+            if target.kind == "max_drop":
+                ok = p.accuracy >= ref - target.value - 1e-9
+                key = (
+                    not ok,
+                    p.relative_cost if ok else -p.accuracy,
+                    -p.accuracy if ok else p.relative_cost,
+                    -level,
+                )
+            else:
+                ok = p.relative_cost <= target.value + 1e-9
+                key = (
+                    not ok,
+                    -p.accuracy if ok else p.relative_cost,
+                    p.relative_cost if ok else -p.accuracy,
+                    -level,
+                )
+            if best is None or key < best[0]:
+                best = (key, q, p)
+        (unmet, *_), q, p = best
+        shown = p if split == "val" else evaluate_threshold(test, rel, q, "test", policy=policy)
+        if target.kind == "max_drop":
+            rank = (unmet, p.relative_cost, -p.accuracy, r.run_id)
         else:
-            key = (-best.accuracy, best.relative_cost, rid)
-        reported = next(p for p in points if p.split == split and p.threshold == best.threshold)
-        if groups[rid] not in chosen or key < chosen[groups[rid]][0]:
-            chosen[groups[rid]] = (key, rid, best.threshold, reported.accuracy)
-    return {g: (rid, t, acc) for g, (_, rid, t, acc) in chosen.items()}
+            rank = (unmet, -p.accuracy, p.relative_cost, r.run_id)
+        group = (r.arch, r.dataset, r.train_mode)
+        if group not in chosen or rank < chosen[group][0]:
+            chosen[group] = (rank, r.run_id, q, shown.accuracy, not unmet)
+    assert len(runs) == 16
+    return {g: (rid, q, acc, met) for g, (_, rid, q, acc, met) in chosen.items()}
 
 
 @pytest.mark.parametrize(
-    "target",
+    "target,policy",
     [
-        {"max_accuracy_drop": 0.01},  # stored choice
-        {"max_accuracy_drop": 0.037},  # computed from the frontier
-        {"cost_budget": 0.5},
-        {"cost_budget": 0.63},
-        {"max_accuracy_drop": 0.0},
+        (Target("max_drop", 0.01), "confidence"),  # stored choice
+        (Target("max_drop", 0.037), "confidence"),  # chosen now, from the stored frontier
+        (Target("budget", 0.5), "confidence"),  # stored
+        (Target("budget", 0.63), "entropy"),
+        (Target("max_drop", 0.0), "patience"),
+        (Target("budget", 0.05), "confidence"),  # below every point: unmet
     ],
 )
-def test_best_early_exit_matches_reference(grid, target):
-    drop, budget = target.get("max_accuracy_drop"), target.get("cost_budget")
-    expected = _reference(grid, drop, budget)
-    best = grid.best_early_exit(**target)
+def test_best_early_exit_matches_brute_force(grid, target, policy):
+    expected = _reference(grid, target, policy)
+    kwargs = (
+        {"max_accuracy_drop": target.value}
+        if target.kind == "max_drop"
+        else {"cost_budget": target.value}
+    )
+    best = grid.best_early_exit(**kwargs, policy=policy)
     got = {
-        (r.arch, r.dataset, r.train_mode): (r.run_id, r.threshold, r.accuracy)
+        (r.arch, r.dataset, r.train_mode): (r.run_id, r.threshold, r.accuracy, r.status == "met")
         for r in best.itertuples()
     }
     assert got == expected
     assert set(best.runs_in_group) == {4} and len(best) == len(expected) == 4
     assert (best.accuracy_drop == best.final_accuracy - best.accuracy).all()
-    assert best.exits_per_output.map(len).eq(4).all()
+    assert set(best.target) == {target.name} and set(best.policy) == {policy}
 
 
+def _drop_stored_choices(cat):
+    cat._write("forget choices", lambda c: c.exec_driver_sql("DELETE FROM early_exit_choices"))
+
+
+@pytest.mark.parametrize("delta", [None, 0.1])
 @pytest.mark.parametrize("per_run", [True, False])
-@pytest.mark.parametrize("target", [{"max_accuracy_drop": 0.02}, {"cost_budget": 0.75}])
-def test_best_early_exit_stored_and_frontier_paths_agree(grid, monkeypatch, per_run, target):
-    filters = {"mode": "sdn", "seed": [0, 1]}
-    stored = grid.best_early_exit(**target, per_run=per_run, split="val", **filters)
-    monkeypatch.setattr(early_exit, "_STANDARD_NAMES", set())
-    computed = grid.best_early_exit(**target, per_run=per_run, split="val", **filters)
-    assert len(stored) == (8 if per_run else 2) and stored.equals(computed)
-    assert (stored.accuracy == stored.val_accuracy).all()  # split="val" reports the val point
+@pytest.mark.parametrize("target", [{"max_accuracy_drop": 0.01}, {"cost_budget": 0.5}])
+def test_stored_and_computed_choices_agree(tmp_path, per_run, target, delta):
+    with Catalogue(tmp_path / "c.db") as cat:
+        for seed in range(4):
+            record(cat, arch="vgg16", seed=seed, summary=make_summary(seed=seed))
+            record(cat, arch="resnet56", seed=seed, summary=make_summary(seed=seed + 10))
+        stored = cat.best_early_exit(**target, delta=delta, per_run=per_run)
+        _drop_stored_choices(cat)
+        computed = cat.best_early_exit(**target, delta=delta, per_run=per_run)
+    assert len(stored) == (8 if per_run else 2)
+    pd.testing.assert_frame_equal(stored, computed)
+    assert set(stored.method) == {"empirical" if delta is None else "certified"}
+
+
+def test_best_early_exit_reports_the_requested_split(grid):
+    val = grid.best_early_exit(cost_budget=0.75, split="val", mode="sdn")
+    test = grid.best_early_exit(cost_budget=0.75, split="test", mode="sdn")
+    assert (val.accuracy == val.val_accuracy).all()  # split="val" reports the val point
+    assert (val.threshold.values == test.threshold.values).all()  # the same choice
 
 
 def test_best_early_exit_filters_and_errors(grid):
     only = grid.best_early_exit(cost_budget=0.75, sweep="a", status="done")
     assert set(only.sweep) == {"a"} and set(only.runs_in_group) == {1} and len(only) == 4
-    assert grid.best_early_exit(cost_budget=0.01).empty  # nothing that cheap
+    cheap = grid.best_early_exit(cost_budget=0.01, mode="sdn")  # nothing that cheap
+    assert set(cheap.status) == {"unmet"} and len(cheap) == 2
     with pytest.raises(StorageError, match="exactly one"):
         grid.best_early_exit()
     with pytest.raises(StorageError, match="exactly one"):
         grid.best_early_exit(max_accuracy_drop=0.01, cost_budget=0.5)
     with pytest.raises(StorageError, match="unknown split 'train'"):
         grid.best_early_exit(max_accuracy_drop=0.01, split="train")
+    with pytest.raises(StorageError, match="unknown policy 'greedy'"):
+        grid.best_early_exit(max_accuracy_drop=0.01, policy="greedy")
+    with pytest.raises(StorageError, match="delta"):
+        grid.best_early_exit(max_accuracy_drop=0.01, delta=1.5)
 
 
 # ---------------------------------------------------------------------------- read-only SQL
@@ -357,5 +392,91 @@ def test_eight_processes_record_at_once(tmp_path):
         w * 100 + k for w in range(workers) for k in range(runs_each)
     )
     n = counts(cat)
-    assert n["exit_results"] == workers * runs_each * 8 and n["overthinking"] == workers * runs_each
+    assert (
+        n["exit_results"] == workers * runs_each * 12 and n["overthinking"] == workers * runs_each
+    )
     cat.close()
+
+
+# ---------------------------------------------------------------------------- upgrading 0001
+def _catalogue_at_0001(path):
+    """A catalogue as revision 0001 wrote it: one sdn run with its confidence curves (val and
+    test, 5 thresholds) and two chosen points (one unmet), in the old layout."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from storage.catalogue.migrate import alembic_config
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute(
+        "INSERT INTO sweeps VALUES (1, 'old', '{}', NULL, '2026-11-30 00:00:00', '2026-11-30')"
+    )
+    con.execute(
+        "INSERT INTO runs (id, run_id, sweep_id, arch, dataset, train_mode, seed, status, "
+        "config, num_exits, cnn_flops, updated_at) VALUES (1, 'old.vgg16.digits.sdn.s0', 1, "
+        "'vgg16', 'digits', 'sdn', 0, 'done', '{}', 3, 100.0, '2026-11-30')"
+    )
+    for split, accs in (("val", [0.6, 0.8, 0.9]), ("test", [0.55, 0.75, 0.88])):
+        for k, acc in enumerate(accs):
+            con.execute(
+                "INSERT INTO exit_results (run_pk, split, exit_index, is_final, accuracy, "
+                "cumulative_flops, relative_cost) VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (split, k, k == 2, acc, 40.0 * (k + 1), 0.4 * (k + 1)),
+            )
+    curve = {  # threshold: (val acc, val cost, test acc, test cost)
+        0.0: (0.6, 0.4, 0.55, 0.4),
+        0.5: (0.8, 0.7, 0.74, 0.72),
+        0.8: (0.89, 0.9, 0.86, 0.95),
+        0.9: (0.9, 1.1, 0.88, 1.1),
+        1.0: (0.9, 1.2, 0.88, 1.2),
+    }
+    rows = []
+    for q, (va, vc, ta, tc) in curve.items():
+        rows += [
+            (1, "val", q, va, vc, "[10, 0, 0]", None),
+            (1, "test", q, ta, tc, "[9, 1, 0]", None),
+        ]
+    rows += [
+        (1, "val", 0.8, 0.89, 0.9, "[5, 3, 2]", "max_drop=0.01"),
+        (1, "test", 0.8, 0.86, 0.95, "[4, 4, 2]", "max_drop=0.01"),
+        (1, "val", 0.0, 0.6, 0.4, "[10, 0, 0]", "budget=0.25 (unmet)"),
+        (1, "test", 0.0, 0.55, 0.4, "[10, 0, 0]", "budget=0.25 (unmet)"),
+    ]
+    con.executemany(
+        "INSERT INTO early_exit_points (run_pk, split, threshold, accuracy, relative_cost, "
+        "exits_per_output, objective) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    con.commit()
+    con.close()
+
+
+def test_a_0001_catalogue_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "catalogue.db"
+    _catalogue_at_0001(path)
+    with Catalogue(path) as cat:  # a writer's open migrates
+        with cat.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert context.get_current_revision() == head_revision()
+            assert compare_metadata(context, Base.metadata) == []
+        choices = cat.sql(
+            "SELECT target, method, met, threshold, test_accuracy, val_drop FROM early_exit_choices "
+            "ORDER BY target"
+        )
+        assert choices.target.tolist() == ["budget=0.25", "max_drop=0.01"]
+        assert choices.met.tolist() == [0, 1] and set(choices.method) == {"empirical"}
+        assert choices.val_drop.tolist() == pytest.approx([0.3, 0.01])
+        curves = cat.sql("SELECT policy, count(*) AS n FROM early_exit_points GROUP BY policy")
+        assert curves.values.tolist() == [["confidence", 10]]  # chosen rows moved out
+        # The stored target reads back as stored; another one is chosen from the new frontier
+        # (the grid plus "off"), by the same rule.
+        stored = cat.best_early_exit(max_accuracy_drop=0.01).iloc[0]
+        assert (stored.threshold, stored.accuracy, stored.status) == (0.8, 0.86, "met")
+        fresh = cat.best_early_exit(max_accuracy_drop=0.0).iloc[0]
+        assert (fresh.threshold, fresh.accuracy, fresh.relative_cost) == (0.9, 0.88, 1.1)
+        budget = cat.best_early_exit(cost_budget=0.8).iloc[0]
+        assert (budget.threshold, budget.val_accuracy) == (0.5, 0.8)

@@ -103,6 +103,8 @@ LISTINGS = [
     ("catalogue", "exits", "--split", "val"),
     ("catalogue", "early-exit"),
     ("catalogue", "early-exit", "--budget", "0.5"),
+    ("catalogue", "early-exit", "--delta", "0.1"),
+    ("catalogue", "early-exit", "--policy", "all"),
     ("catalogue", "overthinking"),
     ("catalogue", "sql", "SELECT arch, train_mode, status, epochs FROM runs"),
     ("sweep", "validate", "--preset", "quickstart"),
@@ -178,7 +180,7 @@ def test_default_target_is_said(home: Path) -> None:
     out = sdn("catalogue", "early-exit", "--max-drop", "0.02", home=home).stdout
     assert "target: max drop 2 pt" in out and "(default" not in out
     rows = json.loads(sdn("catalogue", "early-exit", "-f", "json", home=home).stdout)
-    assert {r["target"] for r in rows} == {"max_drop 0.01"}  # programs see it too
+    assert {r["target"] for r in rows} == {"max_drop=0.01"}  # programs see it too
 
 
 def test_columns_wide_and_formats(home: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sdn.early_exit import (
+    Target,
     choose_threshold,
     default_thresholds,
     early_exit_curve,
@@ -50,7 +51,8 @@ def test_evaluate_threshold_hand_worked():
     point = evaluate_threshold(tiny(), COSTS, 0.6, "val")
     # Correct: s0, s3 -> 0.5. Cost (2 * 0.25 + 0.5 + 1.0) / 4 = 0.5.
     assert (point.accuracy, point.relative_cost, point.exit_counts) == (0.5, 0.5, [2, 1, 1])
-    assert point.split == "val" and point.threshold == 0.6 and point.objective is None
+    assert point.split == "val" and point.threshold == 0.6 and point.policy == "confidence"
+    assert point.harmed == 1  # s1: right at the final head, wrong where it left (IC1)
     assert evaluate_threshold(tiny(), COSTS, 0.6, "val", "most_confident").accuracy == 0.75
 
 
@@ -126,12 +128,20 @@ def test_curve_speed_sanity():
     assert best < 1.0
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf")])
 def test_threshold_outside_unit_interval_is_rejected(bad):
     with pytest.raises(SDNError, match="threshold"):
         offline_early_exit(tiny(), bad)
-    with pytest.raises(SDNError, match="threshold"):
-        early_exit_curve(tiny(), COSTS, [0.5, bad])
+    if bad == bad:  # in an array of thresholds NaN means "off" (below)
+        with pytest.raises(SDNError, match="threshold"):
+            early_exit_curve(tiny(), COSTS, [0.5, bad])
+
+
+def test_off_means_everyone_at_the_final_head():
+    curve = early_exit_curve(tiny(), COSTS, [float("nan")])
+    assert curve.exit_counts.tolist() == [[0, 0, 4]] and curve.relative_cost.tolist() == [1.0]
+    preds, exits = offline_early_exit(tiny(), None)
+    assert exits.tolist() == [2, 2, 2, 2] and preds.tolist() == [0, 1, 9, 3]
 
 
 def test_threshold_error_names_the_value():
@@ -178,41 +188,46 @@ CHOICE = curve(
 
 def test_choose_by_accuracy_drop():
     # No drop: only row 4 reaches 0.92.
-    p = choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.0)
-    assert (p.threshold, p.objective, p.split) == (0.5, "max_drop=0.00", "val")
+    c = choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.0)
+    assert (c.val.threshold, c.target, c.val.split, c.status) == (
+        0.5,
+        "max_drop=0.00",
+        "val",
+        "met",
+    )
     # 0.02: rows 2, 3, 5, 6 reach 0.90; cheapest cost 0.5 is shared by 2, 5, 6 -> most accurate 6.
-    p = choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.02)
+    p = choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.02).val
     assert (p.threshold, p.accuracy, p.relative_cost) == (0.7, 0.91, 0.5)
     # 0.1: row 1 (0.85 >= 0.82) is the cheapest qualifying.
-    assert choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.1).threshold == 0.2
+    assert choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.1).val.threshold == 0.2
 
 
 def test_choose_by_drop_tolerates_float_rounding():
     # 0.95 - 0.01 is 0.9399999999999999 in float64; 0.94 must still qualify.
     c = curve([0.2, 0.8], [0.94, 0.95], [0.5, 0.9])
-    assert choose_threshold(c, 0.95, max_accuracy_drop=0.01).threshold == 0.2
+    assert choose_threshold(c, 0.95, max_accuracy_drop=0.01).val.threshold == 0.2
 
 
 def test_choose_drop_ties_go_to_higher_threshold():
     c = curve([0.2, 0.3, 0.1], [0.9, 0.9, 0.9], [0.5, 0.5, 0.5])
-    assert choose_threshold(c, 0.9, max_accuracy_drop=0.0).threshold == 0.3
+    assert choose_threshold(c, 0.9, max_accuracy_drop=0.0).val.threshold == 0.3
 
 
 def test_choose_by_budget():
     # <= 0.5: rows 0, 1, 2, 5, 6 -> most accurate is row 6 (0.91).
-    p = choose_threshold(CHOICE, 0.92, cost_budget=0.5)
-    assert (p.threshold, p.objective) == (0.7, "budget=0.50")
-    assert choose_threshold(CHOICE, 0.92, cost_budget=0.45).threshold == 0.2
+    c = choose_threshold(CHOICE, 0.92, cost_budget=0.5)
+    assert (c.val.threshold, c.target) == (0.7, "budget=0.50")
+    assert choose_threshold(CHOICE, 0.92, cost_budget=0.45).val.threshold == 0.2
     # Equal accuracy: the cheaper one.
     c = curve([0.2, 0.3], [0.9, 0.9], [0.6, 0.4])
-    assert choose_threshold(c, 0.9, cost_budget=0.75).relative_cost == 0.4
+    assert choose_threshold(c, 0.9, cost_budget=0.75).val.relative_cost == 0.4
 
 
 def test_unmet_targets_fall_back_and_say_so():
-    p = choose_threshold(CHOICE, 0.99, max_accuracy_drop=0.01)
-    assert (p.threshold, p.objective) == (0.5, "max_drop=0.01 (unmet)")  # most accurate point
-    p = choose_threshold(CHOICE, 0.92, cost_budget=0.2)
-    assert (p.threshold, p.objective) == (0.1, "budget=0.20 (unmet)")  # cheapest point
+    c = choose_threshold(CHOICE, 0.99, max_accuracy_drop=0.01)
+    assert (c.val.threshold, c.met, c.status) == (0.5, False, "unmet")  # most accurate point
+    c = choose_threshold(CHOICE, 0.92, cost_budget=0.2)
+    assert (c.val.threshold, c.met, c.status) == (0.1, False, "unmet")  # cheapest point
 
 
 def test_choose_needs_exactly_one_valid_target():
@@ -220,11 +235,16 @@ def test_choose_needs_exactly_one_valid_target():
         choose_threshold(CHOICE, 0.9)
     with pytest.raises(SDNError, match="exactly one target"):
         choose_threshold(CHOICE, 0.9, max_accuracy_drop=0.01, cost_budget=0.5)
-    with pytest.raises(SDNError, match="max_accuracy_drop"):
+    with pytest.raises(SDNError, match="max drop"):
         choose_threshold(CHOICE, 0.9, max_accuracy_drop=-0.1)
-    with pytest.raises(SDNError, match="cost_budget"):
+    with pytest.raises(SDNError, match="cost budget"):
         choose_threshold(CHOICE, 0.9, cost_budget=0.0)
 
 
-def test_objective_keeps_extra_digits():
-    assert choose_threshold(CHOICE, 0.92, max_accuracy_drop=0.005).objective == "max_drop=0.005"
+def test_target_names_keep_extra_digits_and_parse_back():
+    assert Target("max_drop", 0.005).name == "max_drop=0.005"
+    assert Target("budget", 0.5).name == "budget=0.50"
+    assert Target.parse("max_drop=0.01") == Target("max_drop", 0.01)
+    assert Target("max_drop", 0.01).label == "max drop 1 pt"
+    with pytest.raises(SDNError, match="max_drop=D or budget=B"):
+        Target.parse("drop 0.01")

@@ -18,7 +18,7 @@ RESNET = RunKey("sw.resnet56.digits.cnn.s0", "resnet56", "digits", "cnn")
 
 
 def assert_same(a: Outputs, b: Outputs) -> None:
-    for name in ("labels", "preds", "confidences", "confusion", "sample_index"):
+    for name in ("labels", "preds", "confidences", "confusion", "sample_index", "entropies"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype, name
         np.testing.assert_array_equal(x, y, err_msg=name)
@@ -41,7 +41,7 @@ def test_round_trip_with_logits(tmp_path):
     np.testing.assert_array_equal(back.preds, out.preds)
     table = pq.read_table(path)
     assert table.num_rows == 40 * 5
-    assert table.schema.metadata[b"sdn.schema_version"] == b"1"
+    assert table.schema.metadata[b"sdn.schema_version"] == b"2"
     assert table.column("is_final").to_pylist() == [e == 4 for e in range(5)] * 40
 
 
@@ -136,14 +136,39 @@ def test_newer_schema_version_is_refused(tmp_path):
     store = PredictionStore(tmp_path)
     path = store.write(VGG, "test", make_outputs())
     table = pq.read_table(path)
-    meta = {**table.schema.metadata, b"sdn.schema_version": b"2"}
+    meta = {**table.schema.metadata, b"sdn.schema_version": b"3"}
     pq.write_table(table.replace_schema_metadata(meta), path)
     for read in (lambda: store.read_outputs(VGG, "test"), store.dataset):
         with pytest.raises(StorageError) as err:
             read()
         message = str(err.value)
-        assert str(path) in message and "version 2" in message and "up to 1" in message
+        assert str(path) in message and "version 3" in message and "up to 2" in message
         assert "\n" not in message
+
+
+def test_version_1_files_without_entropy_are_still_read(tmp_path):
+    store = PredictionStore(tmp_path)
+    out = make_outputs(n=20, exits=3)
+    path = store.write(VGG, "test", out)
+    store.write(RESNET, "test", make_outputs(n=10, exits=2, seed=4))  # a version-2 neighbour
+    table = pq.read_table(path)
+    old = table.drop_columns(["entropy"])
+    meta = {**table.schema.metadata, b"sdn.schema_version": b"1"}
+    pq.write_table(old.replace_schema_metadata(meta), path)
+    back = store.read_outputs(VGG, "test")
+    assert back.entropies is None
+    np.testing.assert_array_equal(back.confidences, out.confidences)
+    rows = store.query(columns=["run_id", "entropy"])
+    by_run = rows.group_by("run_id").aggregate([("entropy", "count")]).to_pylist()
+    assert {r["run_id"]: r["entropy_count"] for r in by_run} == {
+        VGG.run_id: 0,
+        RESNET.run_id: 20,
+    }
+    counts = store.duckdb("SELECT run_id, count(entropy) AS n FROM predictions GROUP BY run_id")
+    assert dict(zip(counts["run_id"], counts["n"], strict=True)) == {
+        VGG.run_id: 0,
+        RESNET.run_id: 20,
+    }
 
 
 def test_corrupted_file_is_one_line_error_naming_it(tmp_path):

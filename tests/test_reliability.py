@@ -614,7 +614,7 @@ CLI_ROWS: list[tuple[str, list[str], int, list[str]]] = [
     ("sql-syntax", ["catalogue", "sql", "SELEKT 1", "--home", "{home}"], 2, ["syntax error"]),
     ("rebuild-no-predictions", ["catalogue", "rebuild", "--home", "{home}", "--predictions", "{nowhere}"], 2, ["no predictions"]),
     # models
-    ("predict-threshold-1.5", ["models", "predict", "{ref}", "--dataset", "digits", "--threshold", "1.5", "--home", "{home}"], 2, ["(got 1.5)"]),
+    ("predict-threshold-1.5", ["models", "predict", "{ref}", "--dataset", "digits", "--threshold", "1.5", "--home", "{home}"], 2, ["--threshold 1.5", "[0, 1]"]),
     ("predict-threshold-negative", ["models", "predict", "{ref}", "--dataset", "digits", "--threshold", "-0.1", "--home", "{home}"], 2, ["threshold"]),
     ("predict-budget-zero", ["models", "predict", "{ref}", "--dataset", "digits", "--budget", "0", "--home", "{home}"], 2, ["budget"]),
     ("predict-neither", ["models", "predict", "{ref}", "--dataset", "digits", "--home", "{home}"], 2, ["exactly one"]),

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sdn.analysis import reduce_logits
+from sdn.early_exit import offline_early_exit as offline_early_exit_np
 from sdn.errors import SDNError
 from sdn.models import ARCHITECTURES, SDN, build_sdn
+from sdn.results import Outputs
 
 WIDTH = 0.125
 NUM_CLASSES = 10
@@ -270,3 +273,78 @@ def test_cuda_matches_offline() -> None:
             assert torch.equal(exits.cpu(), want_exits) and torch.equal(preds.cpu(), want_preds)
     xc = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(model.early_exit(xc, 0.5)[1], model.early_exit(x, 0.5)[1])
+
+
+# ---------------------------------------------------------------------------- every policy
+def analysis_outputs(model: SDN, x: torch.Tensor) -> Outputs:
+    """What the analysis pass stores for ``x`` (``reduce_logits`` of one full forward): the
+    offline replay in ``sdn.early_exit`` reads exactly this."""
+    with torch.no_grad():
+        reduced = reduce_logits(model(x))
+    return Outputs(
+        labels=torch.zeros(x.shape[0], dtype=torch.long).numpy(),
+        preds=reduced["preds"].numpy(),
+        confidences=reduced["confidences"].numpy(),
+        confusion=reduced["confusion"].numpy(),
+        entropies=reduced["entropies"].numpy(),
+    )
+
+
+def policy_thresholds(outs: Outputs, policy: str, count: int = 3) -> list[float]:
+    """Thresholds of ``policy`` that exercise several exits, each >= 1e-4 from every score (so a
+    shrunk batch's last-bit differences cannot flip a comparison)."""
+    if policy == "patience":
+        return [float(k) for k in range(1, outs.num_exits)]
+    values = outs.confidences if policy == "confidence" else outs.entropies
+    values = torch.from_numpy(values[:, :-1].reshape(-1)).sort().values
+    gaps = values[1:] - values[:-1]
+    mids = ((values[1:] + values[:-1]) / 2)[gaps > 2e-4]
+    picks = torch.linspace(0, mids.numel() - 1, count).round().long()
+    return [float(mids[i]) for i in picks]
+
+
+@pytest.mark.parametrize("policy", ["confidence", "entropy", "patience"])
+@pytest.mark.parametrize("arch", ["resnet56", "mobilenet"])
+def test_runtime_equals_offline_replay_for_every_policy(arch: str, policy: str) -> None:
+    model = spread_sdn(arch)
+    x = inputs(24, seed=3)
+    outs = analysis_outputs(model, x)
+    seen: set[int] = set()
+    for threshold in policy_thresholds(outs, policy):
+        for fallback in ("final", "most_confident"):
+            want_preds, want_exits = offline_early_exit_np(outs, threshold, fallback, policy)
+            preds, exits = model.early_exit(x, threshold, fallback=fallback, policy=policy)
+            assert exits.tolist() == want_exits.tolist(), (policy, threshold, fallback)
+            assert preds.tolist() == want_preds.tolist(), (policy, threshold, fallback)
+            for i in (0, 7):  # batch 1 takes its own path
+                p1, e1 = model.early_exit(x[i : i + 1], threshold, fallback=fallback, policy=policy)
+                assert (int(p1), int(e1)) == (int(want_preds[i]), int(want_exits[i]))
+            seen.update(exits.tolist())
+    assert len(seen) >= 2
+
+
+@pytest.mark.parametrize("policy", ["confidence", "entropy", "patience"])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_a_nan_head_gives_the_same_answer_at_runtime_and_offline(batch: int, policy: str) -> None:
+    """A diverged IC gives NaN scores: they never fire (confidence, entropy), and patience still
+    compares its predictions, offline and at runtime alike."""
+    model = copy.deepcopy(spread_sdn("resnet56"))
+    with torch.no_grad():
+        model.ics[1].linear.weight.fill_(math.nan)
+    x = inputs(batch, seed=5)
+    outs = analysis_outputs(model, x)
+    threshold = {"confidence": 0.0, "entropy": 10.0, "patience": 2.0}[policy]
+    want_preds, want_exits = offline_early_exit_np(outs, threshold, "final", policy)
+    preds, exits = model.early_exit(x, threshold, policy=policy)
+    assert exits.tolist() == want_exits.tolist() and preds.tolist() == want_preds.tolist()
+    if policy != "patience":
+        assert (exits != 1).all()  # nobody leaves at the NaN head
+
+
+@pytest.mark.parametrize(
+    "policy,threshold", [("entropy", -0.5), ("patience", 0), ("patience", 1.5), ("greedy", 0.5)]
+)
+def test_bad_policy_threshold(policy: str, threshold: float) -> None:
+    with pytest.raises(SDNError) as info:
+        spread_sdn("mobilenet").early_exit(inputs(2), threshold, policy=policy)
+    assert (policy in str(info.value)) or (repr(threshold) in str(info.value))

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from sdn.analysis import iter_outputs, summarise
+from sdn.analysis import DEFAULT_DELTA, iter_outputs, summarise
+from sdn.early_exit import POLICIES
 from sdn.results import Outputs
 from sdn.training import Trainer
 from storage.predictions import PredictionStore, RunKey
@@ -61,6 +62,9 @@ def analyse_cell(config: dict[str, Any], options: dict[str, Any]) -> dict[str, A
         info,
         max_accuracy_drops=tuple(options.get("max_accuracy_drops", (0.0, 0.01, 0.02, 0.05))),
         cost_budgets=tuple(options.get("cost_budgets", (0.25, 0.5, 0.75))),
+        thresholds=options.get("thresholds"),
+        policies=tuple(options.get("policies", POLICIES)),
+        delta=options.get("delta", DEFAULT_DELTA),
         device=device,
         outputs=outputs,
     )

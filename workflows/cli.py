@@ -561,11 +561,33 @@ BudgetOpt = Annotated[
 DEFAULT_MAX_DROP = 0.01
 
 
+POLICIES = ("confidence", "entropy", "patience")
+PolicyOpt = Annotated[
+    str,
+    typer.Option(
+        "--policy", help="Exit policy: confidence, entropy, patience, or all (side by side)."
+    ),
+]
+DeltaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--delta",
+        help="Certified: the target holds on new data with probability >= 1 - DELTA.",
+        show_default=False,
+    ),
+]
+
+
 @catalogue_app.command("early-exit")
 @handled()
 def catalogue_early_exit(
     max_drop: MaxDropOpt = None,
     budget: BudgetOpt = None,
+    policy: PolicyOpt = "confidence",
+    delta: DeltaOpt = None,
+    per_run: Annotated[
+        bool, typer.Option("--per-run", help="Every run, not only each group's best.")
+    ] = False,
     arch: ArchOpt = None,
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
@@ -578,33 +600,55 @@ def catalogue_early_exit(
     wide: WideOpt = False,
 ) -> None:
     """Best early-exit operating point per (architecture, dataset, mode): threshold chosen on
-    validation, accuracy and cost reported on test."""
+    validation (certified with --delta), accuracy and cost reported on test."""
+    from sdn.early_exit import Target, format_threshold
     from storage.catalogue.readonly import Rows
 
     choice = choice_of(views.EARLY_EXIT, fmt, columns, wide)
     inputs.number(max_drop, "--max-drop", low=0.0, high=1.0)
     inputs.number(budget, "--budget", low=0.0, high=10.0, low_open=True)
+    inputs.number(delta, "--delta", low=0.0, high=1.0, low_open=True)
+    if delta is not None and delta >= 1.0:
+        raise SDNError(f"--delta must be in (0, 1), e.g. 0.1 (got {delta:g})")
+    inputs.one_of(policy, "--policy", (*POLICIES, "all"))
     if max_drop is not None and budget is not None:
         raise SDNError("give --max-drop or --budget, not both")
     default = max_drop is None and budget is None
     if default:
         max_drop = DEFAULT_MAX_DROP
-    if budget is not None:
-        target = f"budget {budget:g}"
-        said = f"target: average cost at most {budget:g} x the CNN's, on val"
-    else:
-        target = f"max_drop {max_drop:g}"
-        said = f"target: max drop {100 * max_drop:g} pt vs the final head, on val"
+    target = Target.of(max_drop, budget)
+    method = "empirical" if delta is None else f"certified at delta {delta:g}"
+    said = f"target: {target.label} on val, {method}"
     if default:
-        said += " (default; set --max-drop or --budget)"
+        said += " (default target; set --max-drop or --budget)"
+    policies = POLICIES if policy == "all" else (policy,)
     with read_catalogue(where(home, catalogue)) as reader:
         filters = check_filters(
             reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep
         )
-        rows = reader.best_early_exit(max_accuracy_drop=max_drop, cost_budget=budget, **filters)
-    rows = Rows([*rows.columns, "target"], [(*r, target) for r in rows.rows])
-    notes = (said, "threshold chosen on val; test accuracy and cost at that threshold; "
-             "the best run of each group")  # fmt: skip
+        parts = [
+            reader.best_early_exit(
+                max_accuracy_drop=max_drop, cost_budget=budget, policy=p, delta=delta,
+                per_run=per_run, **filters,
+            )
+            for p in policies
+        ]  # fmt: skip
+    columns_ = parts[0].columns
+    found = [r for part in parts for r in part.rows]
+    if len(parts) > 1:  # side by side: the policies of a group together
+        k = [columns_.index(c) for c in ("arch", "dataset", "train_mode")]
+        order = {p: i for i, p in enumerate(POLICIES)}
+        at = columns_.index("policy")
+        found.sort(key=lambda r: (*(r[i] for i in k), order[r[at]]))
+    rows = Rows(columns_, found)
+    if choice.fmt is Format.table and "threshold" in rows.columns:  # "off", "k=2", "H<=0.23"
+        t, at = rows.columns.index("threshold"), rows.columns.index("policy")
+        rows = Rows(
+            rows.columns,
+            [(*r[:t], format_threshold(r[t], r[at]), *r[t + 1 :]) for r in rows.rows],
+        )
+    scope = "every run" if per_run else "the best run of each group"
+    notes = (said, f"threshold chosen on val; test accuracy, cost and drop there; {scope}")
     show(rows, views.EARLY_EXIT, choice, notes)
 
 
@@ -862,11 +906,27 @@ def models_predict(
     ] = 64,
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", help="Exit at the first IC this confident (0..1)."),
+        typer.Option(
+            "--threshold", help="Exit at the first IC past this threshold (confidence: 0..1)."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Pick the threshold on validation: cheapest within this accuracy drop.",
+        ),
     ] = None,
     budget: Annotated[
         float | None,
         typer.Option("--budget", help="Pick the threshold on validation for this relative cost."),
+    ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", help="Exit policy: confidence, entropy or patience.")
+    ] = "confidence",
+    delta: Annotated[
+        float | None,
+        typer.Option("--delta", help="With --max-drop/--budget: certified at this risk level."),
     ] = None,
     data_root: Annotated[
         Path | None, typer.Option("--data-root", help="Folder holding the data sets.")
@@ -876,6 +936,7 @@ def models_predict(
         typer.Option("--out", help="Also write the predictions to this CSV or .json file."),
     ] = None,
     home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = Format.table,
     columns: ColumnsOpt = None,
@@ -883,7 +944,7 @@ def models_predict(
 ) -> None:
     """Early-exit inference with a registered model: each prediction, its exit and its cost.
     Every input is checked before the model is loaded."""
-    from workflows.predict import check_request, predict
+    from workflows.predict import check_request, run
 
     choice = choice_of(views.PREDICTIONS, fmt, columns, wide)
     request = check_request(
@@ -894,12 +955,16 @@ def models_predict(
         limit=limit,
         batch_size=batch_size,
         threshold=threshold,
+        max_drop=max_drop,
         budget=budget,
+        policy=policy,
+        delta=delta,
         data_root=data_root,
         out=out,
     )
-    uri = check_tracking(where(home, tracking_uri=tracking_uri))
-    rows, note = predict(request, uri)
+    w = where(home, catalogue, tracking_uri=tracking_uri)
+    uri = check_tracking(w)
+    rows, note, _chosen = run(request, uri, w.paths.catalogue)
     if request.out is not None:
         _write_rows(rows, request.out)
         note += f"; written to {request.out}"

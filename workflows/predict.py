@@ -1,22 +1,25 @@
 """Early-exit inference with a registered model, for ``sdn models predict``.
 
 Two stages. :func:`check_request` checks every input without importing torch or MLflow: numbers
-finite and in range, exactly one way to choose the threshold and one source of inputs, image files
+finite and in range, exactly one way to set the threshold and one source of inputs, image files
 readable and folders expanded (recursively, sorted), the data set on disk (``predict`` reads data
-sets, it never downloads them). :func:`predict` then resolves the model, checks what depends on it
-(the data set it was trained on), and only then loads it.
+sets, it never downloads them). :func:`run` then resolves the model, checks what depends on it
+(the data set it was trained on), and only then loads it, and classifies in batches.
 
 The model is rebuilt as the real module (state dict + config from the registry), so inference
-really stops at the first confident IC. A cost budget is turned into a threshold on the model's
-validation split, never on the data being predicted.
+really stops at the first confident IC. A target (an accuracy drop or a cost budget) is turned
+into a threshold on the model's validation split by ``sdn.early_exit``, never on the data being
+predicted.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdn.early_exit import Target, check_policy, check_threshold, format_threshold
 from sdn.errors import SDNError
 from workflows import inputs
 
@@ -32,9 +35,11 @@ class PredictRequest:
     limit: int
     batch_size: int
     threshold: float | None
-    budget: float | None
+    target: Target | None
+    policy: str
+    delta: float | None
     data_root: Path | None
-    out: Path | None
+    out: Path | None = None
 
 
 def check_request(
@@ -46,26 +51,43 @@ def check_request(
     limit: int = 20,
     batch_size: int = 64,
     threshold: float | None = None,
+    max_drop: float | None = None,
     budget: float | None = None,
-    data_root: Path | None = None,
+    policy: str = "confidence",
+    delta: float | None = None,
+    data_root: Path | str | None = None,
     out: Path | None = None,
 ) -> PredictRequest:
-    """Every input checked, in the order typed mistakes are most likely (see the module doc)."""
+    """Every input checked, before anything heavy is imported (see the module docstring)."""
     from storage.model_refs import parse_ref
 
     parse_ref(ref)
     inputs.exactly_one(
-        {"--threshold Q (0..1)": threshold, "--budget COST (relative to the CNN)": budget}
+        {
+            "--threshold Q": threshold,
+            "--max-drop D": max_drop,
+            "--budget COST (relative to the CNN)": budget,
+        }
     )
-    inputs.number(threshold, "--threshold", low=0.0, high=1.0)
-    inputs.number(budget, "--budget", low=0.0, high=10.0, low_open=True)
+    check_policy(policy)
+    if threshold is not None:
+        check_threshold(threshold, policy, "--threshold")
+    target = None if threshold is not None else _target(max_drop, budget)
+    if delta is not None:
+        inputs.number(delta, "--delta", low=0.0, high=1.0, low_open=True)
+        if not delta < 1.0:
+            raise SDNError(f"--delta {delta:g} must be in (0, 1), e.g. 0.1")
+        if target is None:
+            raise SDNError(
+                "--delta certifies a chosen threshold: give it with --max-drop or --budget"
+            )
     if limit < 1:
         raise SDNError(f"--limit must be >= 1 (got {limit})")
     if not 1 <= batch_size <= 65536:
         raise SDNError(f"--batch-size must be in [1, 65536] (got {batch_size})")
     inputs.exactly_one({"image files or folders": images, "--dataset NAME": dataset})
     inputs.one_of(split, "--split", inputs.SPLITS)
-    root = inputs.data_root(data_root)
+    root = inputs.data_root(None if data_root is None else Path(data_root))
     found = None
     if dataset is not None:
         inputs.dataset_on_disk(dataset, root)
@@ -81,7 +103,7 @@ def check_request(
         if not probe.is_dir():
             raise SDNError(f"--out {out}: {probe} is a file: Not a directory")
     return PredictRequest(
-        ref, found, dataset, split, limit, batch_size, threshold, budget, root, out
+        ref, found, dataset, split, limit, batch_size, threshold, target, policy, delta, root, out
     )
 
 
@@ -93,7 +115,7 @@ def _normalise(images: Any, info: Any) -> Any:
     return (images.float() / 255.0 - mean) / std
 
 
-def _load_images(files: tuple[Path, ...], size: int) -> Any:
+def _load_images(files: tuple[Path, ...] | list[Path], size: int) -> Any:
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -116,7 +138,7 @@ def _relative_costs(model: Any) -> list[float]:
 
 
 def _display_names(request: PredictRequest) -> list[str]:
-    """Each image as the user would recognise it: relative to the working directory if below it."""
+    """Each image as the user knows it: relative to the working directory when below it."""
     cwd = Path.cwd()
     names = []
     for path in request.images.files if request.images else ():
@@ -127,9 +149,79 @@ def _display_names(request: PredictRequest) -> list[str]:
     return names
 
 
-def predict(request: PredictRequest, tracking_uri: str) -> tuple[Any, str]:
-    """(one row per input: prediction, exit, cost, as ``Rows``; a title line saying which model,
-    which threshold and how many inputs)."""
+@dataclass
+class ChosenThreshold:
+    """Which threshold a prediction used, and where it came from."""
+
+    policy: str
+    threshold: float | None  # None: early exit off
+    target: str | None = None  # "max_drop=0.01" / "budget=0.50" when chosen for one
+    method: str | None = None  # "empirical" / "certified"
+    delta: float | None = None
+    status: str | None = None  # met / unmet / none certified
+    val_accuracy: float | None = None
+    val_relative_cost: float | None = None
+    source: str = "given"  # "given", "catalogue" or "validation split"
+
+    def describe(self) -> str:
+        shown = format_threshold(self.threshold, self.policy)
+        if self.target is None:
+            return f"{self.policy} threshold {shown} (given)"
+        target = Target.parse(self.target)
+        method = self.method if self.delta is None else f"{self.method}, delta {self.delta:g}"
+        return (
+            f"{self.policy} threshold {shown} chosen on validation for {target.label} "
+            f"({method}; {self.status}): val accuracy {100 * (self.val_accuracy or 0):.1f} %, "
+            f"val cost {self.val_relative_cost:.3f}, from the {self.source}"
+        )
+
+
+def predict(
+    ref: str,
+    tracking_uri: str,
+    *,
+    images: list[Path],
+    dataset: str | None,
+    split: str,
+    limit: int,
+    threshold: float | None,
+    budget: float | None,
+    data_root: str | Path | None,
+    max_drop: float | None = None,
+    policy: str = "confidence",
+    delta: float | None = None,
+    catalogue_path: Path | None = None,
+    batch_size: int = 64,
+) -> tuple[Any, str, ChosenThreshold]:
+    """(one row per input, as ``storage.catalogue.readonly.Rows``: prediction, exit, cost; a
+    title line; the threshold used): :func:`check_request`, then :func:`run`.
+
+    A target (``max_drop`` / ``budget``) is turned into a threshold by ``sdn.early_exit`` on the
+    model's validation split: the catalogue's stored answer for this run when the catalogue has
+    the run (the same number every table shows), else computed now from the validation split by
+    the same functions. Never on the data being predicted.
+    """
+    request = check_request(
+        ref,
+        images=images,
+        dataset=dataset,
+        split=split,
+        limit=limit,
+        batch_size=batch_size,
+        threshold=threshold,
+        max_drop=max_drop,
+        budget=budget,
+        policy=policy,
+        delta=delta,
+        data_root=data_root,
+    )
+    return run(request, tracking_uri, catalogue_path)
+
+
+def run(
+    request: PredictRequest, tracking_uri: str, catalogue_path: Path | None = None
+) -> tuple[Any, str, ChosenThreshold]:
+    """Resolve, check what depends on the model, load it, classify in batches."""
     from storage.catalogue.readonly import Rows
     from storage.registry import Registry
 
@@ -140,9 +232,8 @@ def predict(request: PredictRequest, tracking_uri: str) -> tuple[Any, str]:
         raise SDNError(
             f"model {version} has no dataset tag; pass --dataset to say what it was trained on"
         )
-    data_root = str(request.data_root) if request.data_root else None
-    if request.budget is not None or trained_on.startswith(inputs.FOLDER_PREFIX):
-        # the budget needs its validation split; a folder data set its statistics
+    if request.target is not None or trained_on.startswith(inputs.FOLDER_PREFIX):
+        # a target needs the validation split; a folder data set its statistics
         where = "the model's data set (its `dataset` tag)"
         inputs.dataset_on_disk(trained_on, request.data_root, where)
 
@@ -150,22 +241,26 @@ def predict(request: PredictRequest, tracking_uri: str) -> tuple[Any, str]:
 
     from sdn.data import dataset_info, load_dataset
 
+    data_root = str(request.data_root) if request.data_root else None
     info = dataset_info(trained_on, root=data_root)
     model = registry.load_module(version).eval()
     costs = _relative_costs(model)
 
     splits = None
-    if request.budget is not None or request.dataset:
+    if request.dataset or request.target is not None:
         splits = load_dataset(request.dataset or trained_on, root=data_root)
-    if request.budget is not None:
-        threshold = _threshold_for_budget(model, splits, info, costs, request.budget)
-        note = (
-            f"{version}: threshold {threshold:.3f} chosen on validation for budget "
-            f"{request.budget:g}"
-        )
+    policy = request.policy
+    if request.target is None:
+        chosen = ChosenThreshold(policy=policy, threshold=request.threshold)
     else:
-        threshold = float(request.threshold)
-        note = f"{version}: threshold {threshold:g}"
+        chosen = _stored_choice(
+            catalogue_path, version.run_id, request.target, policy, request.delta
+        )
+        if chosen is None:
+            chosen = _choose_on_validation(
+                model, splits, info, costs, request.target, policy, request.delta
+            )
+    note = f"{version}: {chosen.describe()}"
 
     if request.dataset:
         part = getattr(splits, request.split)
@@ -180,31 +275,34 @@ def predict(request: PredictRequest, tracking_uri: str) -> tuple[Any, str]:
         names = _display_names(request)
         note += f"; {request.images.describe()}"
 
+    final_exit = len(costs) - 1
     preds: list[int] = []
     exits: list[int] = []
-    total = len(names)
     with torch.inference_mode():
-        for start in range(0, total, request.batch_size):
-            stop = min(total, start + request.batch_size)
+        for start in range(0, len(names), request.batch_size):
+            stop = min(len(names), start + request.batch_size)
             if images is not None:
                 batch = images[start:stop]
             else:
+                assert request.images is not None
                 batch = _load_images(request.images.files[start:stop], info.image_size)
             x = _normalise(batch, info)
-            if hasattr(model, "early_exit"):
-                p, k = model.early_exit(x, threshold=threshold)
-            else:
-                p, k = model(x).argmax(dim=1), torch.zeros(len(x), dtype=torch.long)
+            if hasattr(model, "early_exit") and chosen.threshold is not None:
+                p, k = model.early_exit(x, threshold=chosen.threshold, policy=policy)
+            else:  # a CNN, or early exit off: the final head answers
+                outputs = model(x)
+                final = outputs[-1] if isinstance(outputs, list | tuple) else outputs
+                p = final.argmax(dim=1)
+                k = torch.full((len(x),), final_exit, dtype=torch.long)
             preds.extend(p.tolist())
             exits.extend(k.tolist())
-    final = len(costs) - 1
     records = []
     for name, label, pred, k in zip(names, labels, preds, exits, strict=True):
         row = {
             "input": name,
             "prediction": pred,
-            "exit": "final" if k == final else f"IC{k}",
-            "relative_cost": round(costs[k], 4),
+            "exit": "final" if k == final_exit else f"IC{k}",
+            "relative_cost": costs[k],
         }
         if label is not None:
             row["label"] = label
@@ -217,18 +315,84 @@ def predict(request: PredictRequest, tracking_uri: str) -> tuple[Any, str]:
     if request.dataset and records:
         accuracy = sum(r["correct"] for r in records) / len(records)
         mean_cost = sum(r["relative_cost"] for r in records) / len(records)
-        note += f"; accuracy {accuracy:.3f}, mean cost {mean_cost:.3f} on {len(records)} samples"
-    return rows, note
+        note += f"; here: accuracy {accuracy:.3f}, mean cost {mean_cost:.3f}"
+    return rows, note, chosen
 
 
-def _threshold_for_budget(model, splits, info, costs, budget: float) -> float:
-    import numpy as np
+def _target(max_drop: float | None, budget: float | None) -> Target:
+    for option, value in (("--max-drop", max_drop), ("--budget", budget)):
+        if value is not None and not math.isfinite(value):
+            raise SDNError(f"{option} {value} is not a finite number")
+    if max_drop is not None and not 0.0 <= max_drop <= 1.0:
+        raise SDNError(f"--max-drop {max_drop:g} must be between 0 and 1 (0.01 = 1 point)")
+    if budget is not None and budget <= 0:
+        raise SDNError(f"--budget {budget:g} must be > 0 (a cost relative to the CNN)")
+    return Target.of(max_drop, budget)
 
+
+def _stored_choice(
+    catalogue_path: Path | None,
+    mlflow_run_id: str | None,
+    target: Target,
+    policy: str,
+    delta: float | None,
+) -> ChosenThreshold | None:
+    """The catalogue's answer for the run that produced this model, if the catalogue has it."""
+    if catalogue_path is None or mlflow_run_id is None or not Path(catalogue_path).is_file():
+        return None
+    from storage.catalogue import Catalogue
+
+    with Catalogue(catalogue_path, read_only=True) as cat:  # a read: never migrates
+        runs = cat.sql("SELECT run_id FROM runs WHERE mlflow_run_id = ?", (mlflow_run_id,))
+        if runs.empty:
+            return None
+        kwargs = (
+            {"max_accuracy_drop": target.value}
+            if target.kind == "max_drop"
+            else {"cost_budget": target.value}
+        )
+        rows = cat.best_early_exit(
+            **kwargs, policy=policy, delta=delta, per_run=True, run_id=runs.run_id.iloc[0]
+        )
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return ChosenThreshold(
+        policy=policy,
+        threshold=row.threshold,
+        target=target.name,
+        method=row.method,
+        delta=delta,
+        status=row.status,
+        val_accuracy=float(row.val_accuracy),
+        val_relative_cost=float(row.val_relative_cost),
+        source="catalogue",
+    )
+
+
+def _choose_on_validation(
+    model, splits, info, costs, target: Target, policy: str, delta: float | None
+) -> ChosenThreshold:
+    """The same choice the analysis stores, made now from the validation split."""
     from sdn.analysis import collect_outputs
-    from sdn.early_exit import choose_threshold, early_exit_curve
+    from sdn.early_exit import build_frontier, certify, default_grid, early_exit_curve
 
     val = collect_outputs(model, splits.val, info)
-    thresholds = np.linspace(0.0, 1.0, 101)
-    curve = early_exit_curve(val, costs, thresholds)
-    point = choose_threshold(curve, float(val.correct[:, -1].mean()), cost_budget=budget)
-    return float(point.threshold)
+    grid = default_grid(policy, len(costs), info.num_classes)
+    frontier = build_frontier(val, None, costs, policy, grid)
+    if delta is None:
+        choice = frontier.choose(target)
+    else:
+        curve = early_exit_curve(val, costs, grid, policy=policy)
+        choice = certify(curve, None, frontier.reference_val, None, costs, target, delta)
+    return ChosenThreshold(
+        policy=policy,
+        threshold=choice.val.threshold,
+        target=target.name,
+        method=choice.method,
+        delta=delta,
+        status=choice.status,
+        val_accuracy=choice.val.accuracy,
+        val_relative_cost=choice.val.relative_cost,
+        source="validation split",
+    )

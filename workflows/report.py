@@ -29,33 +29,45 @@ def _label(row) -> str:
     return f"{row.arch}/{row.dataset}/{row.train_mode}/s{row.seed}"
 
 
-def _curve(cat, run_id: str) -> pd.DataFrame:
+def _curve(cat, run_id: str, policy: str = "confidence") -> pd.DataFrame:
     return cat.sql(
-        "SELECT p.split, p.threshold, p.accuracy, p.relative_cost, p.objective "
-        "FROM early_exit_points p JOIN runs r ON r.id = p.run_pk WHERE r.run_id = ? "
-        "ORDER BY p.split, p.threshold",
-        (run_id,),
+        "SELECT p.split, p.threshold, p.accuracy, p.relative_cost "
+        "FROM early_exit_points p JOIN runs r ON r.id = p.run_pk "
+        "WHERE r.run_id = ? AND p.policy = ? ORDER BY p.split, p.threshold",
+        (run_id, policy),
     )
 
 
-def _plot_cost_accuracy(ax, curve: pd.DataFrame, label: str, marks: bool) -> None:
-    test = curve[(curve["split"] == "test") & curve["objective"].isna()].sort_values(
-        "relative_cost"
+def _chosen(cat, run_id: str, policy: str = "confidence") -> pd.DataFrame:
+    """The run's stored choices (empirical) with their test figures: what the CLI shows."""
+    return cat.sql(
+        "SELECT c.target, c.threshold, c.test_accuracy, c.test_relative_cost, c.met "
+        "FROM early_exit_choices c JOIN runs r ON r.id = c.run_pk "
+        "WHERE r.run_id = ? AND c.policy = ? AND c.method = 'empirical' "
+        "AND c.test_accuracy IS NOT NULL ORDER BY c.target",
+        (run_id, policy),
     )
+
+
+def _plot_cost_accuracy(
+    ax, curve: pd.DataFrame, label: str, chosen: pd.DataFrame | None = None
+) -> None:
+    test = curve[curve["split"] == "test"].sort_values("relative_cost")
     if test.empty:
         return
     (line,) = ax.plot(test["relative_cost"], 100 * test["accuracy"], "-", lw=1.2, label=label)
-    if marks:
-        chosen = curve[(curve["split"] == "test") & curve["objective"].notna()]
-        for row in chosen.itertuples(index=False):
-            ax.plot(row.relative_cost, 100 * row.accuracy, "o", color=line.get_color(), ms=5)
-            ax.annotate(
-                str(row.objective),
-                (row.relative_cost, 100 * row.accuracy),
-                fontsize=6,
-                xytext=(3, -8),
-                textcoords="offset points",
-            )
+    if chosen is None or chosen.empty:
+        return
+    # One dot and one label per distinct point, listing every target that chose it.
+    for (cost, acc), rows in chosen.groupby(["test_relative_cost", "test_accuracy"], sort=True):
+        ax.plot(cost, 100 * acc, "o", color=line.get_color(), ms=5)
+        names = ", ".join(
+            t + ("" if met else " (unmet)")
+            for t, met in zip(rows["target"], rows["met"], strict=True)
+        )
+        ax.annotate(
+            names, (cost, 100 * acc), fontsize=6, xytext=(3, -8), textcoords="offset points"
+        )
 
 
 def _finish(fig, path: Path, files: list[Path]) -> None:
@@ -72,7 +84,7 @@ def run_report(cat, run, folder: Path, predictions_root: Path | None) -> list[Pa
     label = _label(run)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    _plot_cost_accuracy(ax, _curve(cat, run.run_id), label, marks=True)
+    _plot_cost_accuracy(ax, _curve(cat, run.run_id), label, _chosen(cat, run.run_id))
     ax.set(
         xlabel="average cost relative to the CNN",
         ylabel="test accuracy (%)",
@@ -93,6 +105,34 @@ def run_report(cat, run, folder: Path, predictions_root: Path | None) -> list[Pa
     ax.legend()
     ax.grid(alpha=0.3)
     _finish(fig, folder / "per_exit_accuracy.png", files)
+
+    calibration = cat.calibration(run_id=run.run_id, split="test")
+    if not calibration.empty:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+        for row in calibration.itertuples(index=False):
+            bins = row.reliability
+            pairs = [
+                (c, a)
+                for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+                if c is not None
+            ]
+            name = "final" if row.is_final else f"IC{row.exit_index}"
+            ax.plot(
+                [c for c, _ in pairs],
+                [a for _, a in pairs],
+                "o-",
+                ms=3,
+                label=f"{name} (ECE {100 * row.ece:.1f} %)",
+            )
+        ax.set(
+            xlabel="confidence (bin mean)",
+            ylabel="accuracy",
+            title=f"reliability per exit (test, 15 bins): {label}",
+        )
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        _finish(fig, folder / "reliability.png", files)
 
     over = cat.overthinking(run_id=run.run_id)
     if not over.empty:
@@ -176,7 +216,7 @@ def make_report(
         folder.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(7, 5))
         for run in done.itertuples(index=False):
-            _plot_cost_accuracy(ax, _curve(cat, run.run_id), _label(run), marks=False)
+            _plot_cost_accuracy(ax, _curve(cat, run.run_id), _label(run))
         ax.set(
             xlabel="average cost relative to the CNN",
             ylabel="test accuracy (%)",

@@ -270,7 +270,10 @@ class CheckpointSpec(_Strict):
 
 
 class AnalysisSpec(_Strict):
-    """Post-training analysis: batch size, GPU share per task, operating-point criteria."""
+    """Post-training analysis: batch size, GPU share per task, and the early-exit operating points
+    stored for every run (``sdn.early_exit``): the exit policies, the targets (accuracy drops and
+    cost budgets), the confidence grid of the stored curves, and the risk level ``delta`` of the
+    certified choices stored next to the empirical ones (null: empirical only)."""
 
     batch_size: int = Field(256, ge=1, le=65536)
     gpus: GpuAmount = 0.0
@@ -279,11 +282,15 @@ class AnalysisSpec(_Strict):
     )
     cost_budgets: list[CostBudget] = Field(default=[0.25, 0.5, 0.75], min_length=1, max_length=100)
     thresholds: list[Fraction] | None = Field(None, min_length=1, max_length=1000)
+    policies: list[Literal["confidence", "entropy", "patience"]] = Field(
+        default=["confidence", "entropy", "patience"], min_length=1, max_length=3
+    )
+    delta: float | None = Field(0.1, gt=0.0, lt=1.0)
     keep_logits: bool = False
 
-    @field_validator("max_accuracy_drops", "cost_budgets", "thresholds")
+    @field_validator("max_accuracy_drops", "cost_budgets", "thresholds", "policies")
     @classmethod
-    def _no_duplicates(cls, values: list[float] | None) -> list[float] | None:
+    def _no_duplicates(cls, values: list[Any] | None) -> list[Any] | None:
         return None if values is None else list(_unique(values))
 
     def gpus_for(self, available_gpus: float) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from sdn.early_exit import Target, format_threshold
 from workflows.spec import SweepSpec
 from workflows.sweep import SweepOutcome
 
@@ -15,16 +16,24 @@ def _pct(value: float | None) -> str:
     return "" if value is None or value != value else f"{100 * value:.1f}"
 
 
+def summary_target(spec: SweepSpec) -> Target:
+    """The target the end-of-sweep table shows: a 1-point drop if the sweep stores it, else the
+    sweep's first drop (so the table reads a stored choice, never one made up for display)."""
+    drops = spec.analysis.max_accuracy_drops
+    return Target("max_drop", 0.01 if 0.01 in drops else drops[0])
+
+
 def print_summary(spec: SweepSpec, outcome: SweepOutcome, console: Console) -> None:
     from storage.catalogue import Catalogue
 
     paths = spec.storage_paths()
+    target = summary_target(spec)
     with Catalogue(paths.catalogue) as cat:
         exits = cat.exits(sweep=spec.name, split="test")
-        points = cat.best_early_exit(max_accuracy_drop=0.01, per_run=True, sweep=spec.name)
+        points = cat.best_early_exit(max_accuracy_drop=target.value, per_run=True, sweep=spec.name)
         over = cat.overthinking(sweep=spec.name)
     console.print(exit_table(exits))
-    console.print(early_exit_table(points, over))
+    console.print(early_exit_table(points, over, target))
     minutes = outcome.seconds / 60
     status = (
         "all cells done"
@@ -63,10 +72,11 @@ def exit_table(exits) -> Table:
     return table
 
 
-def early_exit_table(points, over) -> Table:
-    """The threshold chosen on validation (<= 1 point below the final head) and its test result."""
+def early_exit_table(points, over, target: Target) -> Table:
+    """The confidence threshold chosen on validation for ``target`` and its test result."""
     table = Table(
-        title="early exit: threshold chosen on validation (max 1-point drop), test results"
+        title=f"early exit: confidence threshold chosen on validation ({target.label}), "
+        "test results"
     )
     for col in (
         "arch",
@@ -77,6 +87,7 @@ def early_exit_table(points, over) -> Table:
         "test acc %",
         "final acc %",
         "rel. cost",
+        "target",
         "exits per output",
         "destructive %",
         "conf. AUROC",
@@ -93,10 +104,11 @@ def early_exit_table(points, over) -> Table:
             row.dataset,
             row.train_mode,
             str(row.seed),
-            f"{row.threshold:.2f}",
+            format_threshold(row.threshold, row.policy),
             _pct(row.accuracy),
             _pct(row.final_accuracy),
             f"{row.relative_cost:.2f}",
+            row.status,
             "/".join(str(n) for n in row.exits_per_output),
             _pct(getattr(o, "destructive_fraction", None)),
             f"{o.confusion_auroc:.2f}" if o is not None and o.confusion_auroc is not None else "",

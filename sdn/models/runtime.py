@@ -25,29 +25,59 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sdn.errors import SDNError, choice_error
+from sdn.early_exit import check_fallback, check_policy, check_threshold
 from sdn.models.flops import eval_mode
 
 if TYPE_CHECKING:
     from sdn.models.sdn import SDN
 
-FALLBACKS = ("final", "most_confident")
 
-
-def check_threshold(threshold: float) -> float:
-    """A confidence threshold must be a number in [0, 1]."""
-    try:
-        q = float(threshold)
-    except (TypeError, ValueError):
-        raise SDNError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= q <= 1.0:  # also rejects NaN
-        raise SDNError(f"threshold must be in [0, 1], got {threshold!r}")
-    return q
+def softmax_statistics(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max softmax probability, argmax, softmax entropy in nats) over the last dimension, in
+    float32. The analysis pass (what the offline replay reads) and the runtime walk both call
+    this, so their scores are the same numbers."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    conf, pred = probs.max(dim=-1)
+    return conf, pred, torch.special.entr(probs).sum(dim=-1)
 
 
 def confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(max softmax probability, argmax) per sample, in float32 as the offline analysis does."""
-    return torch.softmax(logits.float(), dim=1).max(dim=1)
+    conf, pred, _ = softmax_statistics(logits)
+    return conf, pred
+
+
+class _Scorer:
+    """Each IC's score under a policy, for the samples in flight (``sdn.early_exit`` defines the
+    policies; this is their runtime form). ``fires`` compares exactly as the offline replay does:
+    float32 scores against the threshold, NaN never firing."""
+
+    def __init__(self, policy: str, threshold: float) -> None:
+        self.policy = policy
+        self.threshold = threshold
+        self.previous: torch.Tensor | None = None  # patience: last IC's predictions in flight
+        self.streak: torch.Tensor | None = None
+
+    def fires(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fires bool, confidence, prediction) for one IC's logits."""
+        conf, pred, entropy = softmax_statistics(logits)
+        if self.policy == "confidence":
+            return conf.ge(self.threshold), conf, pred
+        if self.policy == "entropy":
+            return entropy.le(self.threshold), conf, pred
+        if self.previous is None:
+            self.streak = torch.ones_like(conf)
+        else:
+            assert self.streak is not None
+            self.streak = torch.where(pred == self.previous, self.streak + 1, 1.0)
+        self.previous = pred
+        return self.streak.ge(self.threshold), conf, pred
+
+    def keep(self, stay: torch.Tensor) -> None:
+        if self.previous is not None and self.streak is not None:
+            self.previous, self.streak = self.previous[stay], self.streak[stay]
 
 
 class _Answers:
@@ -99,7 +129,9 @@ class _Answers:
             self.best = (self.best[0][stay], self.best[1][stay])
 
 
-def _shrink(stay_mask: torch.Tensor, h: torch.Tensor, answers: _Answers) -> torch.Tensor | None:
+def _shrink(
+    stay_mask: torch.Tensor, h: torch.Tensor, answers: _Answers, scorer: _Scorer
+) -> torch.Tensor | None:
     """Keep the in-flight samples that stay; None when none do. The one sync per IC."""
     stay = stay_mask.nonzero().squeeze(1)
     n = stay.numel()
@@ -108,6 +140,7 @@ def _shrink(stay_mask: torch.Tensor, h: torch.Tensor, answers: _Answers) -> torc
     if n < stay_mask.numel():
         h = h[stay]  # advanced indexing keeps channels_last (index_select would not)
         answers.keep(stay)
+        scorer.keep(stay)
     return h
 
 
@@ -164,7 +197,7 @@ def _run(blocks: tuple[nn.Module, ...], h: torch.Tensor) -> torch.Tensor:
 
 
 def _early_exit_one(
-    model: SDN, plan: _Plan, x: torch.Tensor, q: float, most_confident: bool
+    model: SDN, plan: _Plan, x: torch.Tensor, scorer: _Scorer, most_confident: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The walk for a batch of one: a scalar read per IC decides, no batch to shrink."""
     final = len(plan.segments) - 1
@@ -172,10 +205,10 @@ def _early_exit_one(
     h = model.backbone.stem(x)
     for k, (blocks, head) in enumerate(plan.segments[:final]):
         h = _run(blocks, h)
-        conf, pred = confidence(head(h))
-        c = float(conf)  # the one sync per IC
-        if c >= q:
+        fires, conf, pred = scorer.fires(head(h))
+        if bool(fires):  # the one sync per IC
             return pred, torch.full_like(pred, k)
+        c = float(conf)
         if most_confident and (best is None or c > best[0]):  # ties go to the shallower output
             best = (c, pred)
     blocks, head = plan.segments[final]
@@ -187,17 +220,21 @@ def _early_exit_one(
 
 @torch.no_grad()
 def run_early_exit(
-    model: SDN, x: torch.Tensor, threshold: float, fallback: str = "final"
+    model: SDN,
+    x: torch.Tensor,
+    threshold: float,
+    fallback: str = "final",
+    policy: str = "confidence",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The body of ``SDN.early_exit``; see its docstring for the rule."""
-    q = check_threshold(threshold)
-    if fallback not in FALLBACKS:
-        raise choice_error("fallback", fallback, FALLBACKS)
-    most_confident = fallback == "most_confident"
+    check_policy(policy)
+    value = check_threshold(threshold, policy)
+    most_confident = check_fallback(fallback) == "most_confident"
+    scorer = _Scorer(policy, value)
     plan = _plan(model)
     if x.shape[0] == 1:
         with _in_eval_mode(model, plan):
-            return _early_exit_one(model, plan, x, q, most_confident)
+            return _early_exit_one(model, plan, x, scorer, most_confident)
     answers = _Answers(x, model.num_exits, track_best=most_confident)
     if x.shape[0] == 0:
         return answers.preds, answers.exits
@@ -206,10 +243,10 @@ def run_early_exit(
         h = model.backbone.stem(x)
         for k, (blocks, head) in enumerate(plan.segments[:final]):
             h = _run(blocks, h)
-            conf, pred = confidence(head(h))
+            fires, conf, pred = scorer.fires(head(h))
             answers.record(k, conf, pred)
-            # not (conf >= q), rather than conf < q: a NaN confidence never fires (as offline).
-            shrunk = _shrink(conf.ge(q).logical_not_(), h, answers)
+            # not fires, rather than the opposite comparison: a NaN score never fires.
+            shrunk = _shrink(fires.logical_not_(), h, answers, scorer)
             if shrunk is None:  # everyone has left: skip the rest of the network
                 return answers.preds, answers.exits
             h = shrunk

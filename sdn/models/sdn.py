@@ -168,18 +168,25 @@ class SDN(nn.Module):
     # ---- runtime early exit ------------------------------------------------------------------
 
     def early_exit(
-        self, x: torch.Tensor, threshold: float, fallback: str = "final"
+        self,
+        x: torch.Tensor,
+        threshold: float,
+        fallback: str = "final",
+        policy: str = "confidence",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Confidence-based early exit that really skips the remaining work.
+        """Early exit that really skips the remaining work.
 
-        Blocks run in order on the samples still in flight. At each IC, samples whose max softmax
-        probability is >= ``threshold`` leave with that IC's argmax; the rest continue on a
-        shrunk batch, and the walk stops as soon as none remain. Samples that reach the end take
-        the final head (exit E-1); with ``fallback="most_confident"`` they take instead the
-        prediction of the most confident of all outputs (ties: the shallowest), still at exit E-1
-        and full cost. Runs in eval mode (restored afterwards) without grad; one host sync per IC
-        (``sdn.models.runtime``).
+        Blocks run in order on the samples still in flight. At each IC, samples whose score under
+        ``policy`` reaches ``threshold`` leave with that IC's argmax; the rest continue on a
+        shrunk batch, and the walk stops as soon as none remain. Policies (``sdn.early_exit``):
+        ``confidence`` (max softmax >= threshold, the paper's rule), ``entropy`` (softmax entropy
+        <= threshold, in nats), ``patience`` (the last ``threshold`` ICs agree). Samples that
+        reach the end take the final head (exit E-1); with ``fallback="most_confident"`` they take
+        instead the prediction of the most confident of all outputs (ties: the shallowest), still
+        at exit E-1 and full cost. Runs in eval mode (restored afterwards) without grad; one host
+        sync per IC (``sdn.models.runtime``). Gives the same predictions and exits as the offline
+        replay ``sdn.early_exit.offline_early_exit`` of the analysis pass's outputs.
 
         Returns ``(preds, exit_idx)``, both int64 ``[B]`` on ``x``'s device.
         """
-        return run_early_exit(self, x, threshold, fallback)
+        return run_early_exit(self, x, threshold, fallback, policy)

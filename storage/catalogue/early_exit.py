@@ -1,282 +1,245 @@
-"""Early-exit operating points chosen on validation: the rule, and how the catalogue answers it fast.
+"""How the catalogue keeps early-exit operating points and answers queries about them.
 
-The rule (what ``Catalogue.best_early_exit`` answers), per run, over the validation points of the
-threshold sweep (``early_exit_points`` rows with ``objective IS NULL``):
+The rule that picks an operating point lives in ``sdn.early_exit`` alone. This module stores its
+inputs (each run's validation frontier per policy, and the grid curves in ``early_exit_points``)
+and its outputs (the choices for the sweep's targets, in ``early_exit_choices``), and answers
+``Catalogue.best_early_exit``:
 
-* accuracy drop ``d``: among points with ``accuracy >= final-head val accuracy - d``, the one of
-  lowest relative cost; ties go to higher accuracy, then to the higher threshold;
-* cost budget ``b``: among points with ``relative_cost <= b``, the one of highest accuracy; ties go
-  to lower cost, then to the higher threshold.
+* a target the analysis chose for (the sweep's ``analysis.max_accuracy_drops`` /
+  ``cost_budgets``, empirical, and certified at the sweep's ``analysis.delta``) is read back as
+  stored: one short row per run, clustered by target;
+* any other target is chosen now, from the stored frontier (empirical) or the stored validation
+  grid curve (certified), by the same ``sdn.early_exit`` functions that chose the stored ones, so
+  the two paths cannot disagree.
 
-Comparisons allow ``EPS`` of slack, so that 0.99 against a final 1.00 meets a drop of 0.01 despite
-binary floating point. Per (arch, dataset, mode) the run whose chosen point is best on validation
-wins (drop: lowest val cost, then highest val accuracy; budget: highest val accuracy, then lowest
-val cost; then the smaller run id), and its test point at the same threshold is reported.
-
-How it is fast (10,000 runs in well under 50 ms):
-
-* Both answers lie on the run's Pareto frontier: the curve walked by increasing cost (ties: higher
-  accuracy, then higher threshold first), keeping each point strictly more accurate than all before
-  it. Along it cost and accuracy rise strictly, so the drop answer is the cheapest frontier point
-  with ``val_margin >= -d`` and the budget answer the dearest with ``val_relative_cost <= b``: one
-  index seek per run (``early_exit_frontier``, written by ``record_summary``).
-* Each frontier row carries two byte-string keys whose ``memcmp`` order is the ranking above
-  (``rank_keys``), so the winner of a group is ``min(key)`` and, by SQLite's documented rule for a
-  query with a single ``min()``, the other (bare) columns come from that row. Measured, this is
-  several times cheaper than a window function or formatting a key per row at query time.
-* For the common targets in ``STANDARD_DROPS`` / ``STANDARD_BUDGETS`` each run's choice is stored
-  when it is recorded (``early_exit_choices``, by the same seek as the query), clustered by target
-  and group, so that a query for one of them is a sequential scan of one row per run. Any other
-  target seeks each run's frontier at query time (a few times slower, still tens of ms).
+Then, per (arch, dataset, mode), the run whose choice is best on validation wins
+(``sdn.early_exit.group_ranking``), unless every run is asked for.
 """
 
 from __future__ import annotations
 
 import json
-import struct
-from dataclasses import dataclass
+import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from sdn.early_exit import (
+    METHODS,
+    POLICIES,
+    Choice,
+    EarlyExitCurve,
+    Frontier,
+    Target,
+    certify,
+    choose_indices,
+    group_ranking,
+    unmet_label,
+)
 from storage.errors import StorageError, choice_error
 
-if TYPE_CHECKING:  # the CLI's read path runs the query on plain sqlite3, without pandas
+if TYPE_CHECKING:  # the CLI's read path calls best_early_exit without pandas (as_frame=False)
     import pandas as pd
     from sqlalchemy import Connection
 
-    from sdn.results import OperatingPoint
-
-EPS = 1e-9
-STANDARD_DROPS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
-STANDARD_BUDGETS = (0.25, 0.5, 0.75, 1.0)
 SPLITS = ("val", "test")
 
 
-# ---------------------------------------------------------------------------- the rule in Python
-@dataclass(frozen=True)
-class FrontierPoint:
-    """A Pareto-optimal validation point, by position in the run's list of operating points, with
-    the position of the test curve point at the same threshold (None if there is none)."""
+# ---------------------------------------------------------------------------- stored forms
+def frontier_row(frontier: Frontier) -> dict[str, Any]:
+    """``early_exit_frontiers`` values (without run_pk) of a frontier.
 
-    val_index: int
-    test_index: int | None
-    val_accuracy: float
-    val_relative_cost: float
-    val_margin: float | None
-
-
-def _threshold_key(threshold: float) -> float:
-    return round(float(threshold), 12)
-
-
-def pareto_frontier(
-    points: list[OperatingPoint], final_val_accuracy: float | None
-) -> list[FrontierPoint]:
-    """The validation frontier of a run's operating points, in order of increasing cost."""
-    curve = [i for i, p in enumerate(points) if p.objective is None]
-    tests = {_threshold_key(points[i].threshold): i for i in curve if points[i].split == "test"}
-    ordered = sorted(
-        (i for i in curve if points[i].split == "val"),
-        key=lambda i: (points[i].relative_cost, -points[i].accuracy, -points[i].threshold),
-    )
-    frontier: list[FrontierPoint] = []
-    best = float("-inf")
-    for i in ordered:
-        p = points[i]
-        if p.accuracy <= best:
-            continue
-        best = p.accuracy
-        margin = None if final_val_accuracy is None else float(p.accuracy - final_val_accuracy)
-        frontier.append(
-            FrontierPoint(
-                val_index=i,
-                test_index=tests.get(_threshold_key(p.threshold)),
-                val_accuracy=float(p.accuracy),
-                val_relative_cost=float(p.relative_cost),
-                val_margin=margin,
-            )
-        )
-    return frontier
-
-
-def choose_on_validation(
-    points: list[OperatingPoint],
-    final_val_accuracy: float,
-    max_accuracy_drop: float | None = None,
-    cost_budget: float | None = None,
-) -> OperatingPoint | None:
-    """The rule applied directly to one run's curve: the reference the SQL is tested against, and
-    handy in a notebook."""
-    val = [p for p in points if p.split == "val" and p.objective is None]
-    if max_accuracy_drop is not None:
-        ok = [p for p in val if p.accuracy >= final_val_accuracy - max_accuracy_drop - EPS]
-        return min(ok, key=lambda p: (p.relative_cost, -p.accuracy, -p.threshold), default=None)
-    if cost_budget is not None:
-        ok = [p for p in val if p.relative_cost <= cost_budget + EPS]
-        return min(ok, key=lambda p: (-p.accuracy, p.relative_cost, -p.threshold), default=None)
-    raise ValueError("give max_accuracy_drop or cost_budget")
-
-
-# ---------------------------------------------------------------------------- the rule in SQL
-_FLIP = (1 << 64) - 1
-
-
-def _bits(x: float) -> bytes:
-    """Big-endian IEEE-754 bits of a non-negative float: byte order equals numeric order."""
-    return struct.pack(">d", float(x) + 0.0)  # + 0.0 turns -0.0 into 0.0
-
-
-def _flipped(x: float) -> bytes:
-    """Bytes that sort in decreasing order of the non-negative float ``x``."""
-    (n,) = struct.unpack(">Q", _bits(x))
-    return struct.pack(">Q", n ^ _FLIP)
-
-
-def rank_keys(relative_cost: float, accuracy: float, run_id: str) -> tuple[bytes, bytes]:
-    """(drop key, budget key) of a validation point: compared as bytes they order points by
-    (cost, -accuracy, run id) and by (-accuracy, cost, run id), the tie-breaks of the rule."""
-    rid = run_id.encode()
-    return (
-        _bits(relative_cost) + _flipped(accuracy) + rid,
-        _flipped(accuracy) + _bits(relative_cost) + rid,
-    )
-
-
-def objective_name(max_accuracy_drop: float | None, cost_budget: float | None) -> str:
-    """Canonical name of a target, as stored in ``early_exit_choices.objective``."""
-    if max_accuracy_drop is not None:
-        return f"drop={float(max_accuracy_drop)!r}"
-    return f"budget={float(cost_budget)!r}"
-
-
-@dataclass(frozen=True)
-class _Target:
-    """How one kind of target seeks a run's frontier (alias ``g``) and ranks the result."""
-
-    condition: str
-    order: str
-    key: str
-
-    def seek(self, column: str) -> str:
-        """A correlated subquery giving ``column`` of run ``r``'s chosen frontier row."""
-        return (
-            f"(SELECT g.{column} FROM early_exit_frontier AS g "
-            f"WHERE g.run_pk = r.id AND {self.condition} ORDER BY {self.order} LIMIT 1)"
-        )
-
-
-_DROP = _Target("g.val_margin >= :bound", "g.val_margin", "drop_key")
-_BUDGET = _Target("g.val_relative_cost <= :bound", "g.val_relative_cost DESC", "budget_key")
-
-
-def _target(max_accuracy_drop: float | None) -> _Target:
-    return _DROP if max_accuracy_drop is not None else _BUDGET
-
-
-def _bound(max_accuracy_drop: float | None, cost_budget: float | None) -> float:
-    if max_accuracy_drop is not None:
-        return -float(max_accuracy_drop) - EPS
-    return float(cost_budget) + EPS
-
-
-_STANDARD = [(d, None) for d in STANDARD_DROPS] + [(None, b) for b in STANDARD_BUDGETS]
-_STANDARD_NAMES = {objective_name(d, b) for d, b in _STANDARD}
-
-
-def record_choices(conn: Connection, run_pk: int) -> None:
-    """Store run ``run_pk``'s choice for every standard target (after its frontier rows)."""
-    for drop, budget in _STANDARD:
-        target = _target(drop)
-        conn.exec_driver_sql(
-            f"""
-            INSERT INTO early_exit_choices
-                   (objective, arch, dataset, train_mode, rank_key, run_pk, frontier_id)
-            SELECT :objective, r.arch, r.dataset, r.train_mode, f.{target.key}, r.id, f.id
-              FROM runs AS r JOIN early_exit_frontier AS f ON f.id = {target.seek("id")}
-             WHERE r.id = :run_pk
-            """,
-            {
-                "objective": objective_name(drop, budget),
-                "run_pk": run_pk,
-                "bound": _bound(drop, budget),
-            },
-        )
-
-
-# Filters that early_exit_choices can apply to its own copies of the run's grid cell.
-_CELL_FILTERS = {"arch": "arch", "dataset": "dataset", "mode": "train_mode"}
-
-
-def _where(conditions: list[str]) -> str:
-    return ("WHERE " + " AND ".join(conditions)) if conditions else ""
-
-
-def _candidates(stored: bool, target: _Target, terms: dict[str, str], per_run: bool) -> str:
-    """CTEs ``sizes`` (runs per group after the filters) and ``best`` (arch, dataset, train_mode,
-    rank_key, run_pk): the winner of each group, or every run's choice when ``per_run``. A group or
-    run without a qualifying point has a NULL rank_key.
-
-    ``best`` is MATERIALIZED so that the report's ``rank_key IS NOT NULL`` is not pushed down into
-    it, which made SQLite evaluate every run's seek twice (measured: 36 ms against 26 ms).
+    ``points`` packs, little-endian: float64 [F, 5] (threshold with NaN = off, val accuracy, val
+    cost, test accuracy, test cost; NaN where there is no test) then int32 [F, 2E] (val and test
+    exits per output; -1 where there is no test).
     """
-    where_r = _where(list(terms.values()))
-    sizes = f"""sizes AS (
-        SELECT r.arch, r.dataset, r.train_mode, count(*) AS runs_in_group
-          FROM runs AS r {where_r} GROUP BY r.arch, r.dataset, r.train_mode)"""
-    if stored:
-        conditions = ["c.objective = :objective"]
-        conditions += [
-            terms[name].replace(f"r.{col} ", f"c.{col} ", 1)
-            for name, col in _CELL_FILTERS.items()
-            if name in terms
+    f = frontier.thresholds.size
+    e = frontier.val_exit_counts.shape[1]
+    missing = np.full(f, np.nan)
+    numbers = np.column_stack(
+        [
+            frontier.thresholds,
+            frontier.val_accuracy,
+            frontier.val_cost,
+            missing if frontier.test_accuracy is None else frontier.test_accuracy,
+            missing if frontier.test_cost is None else frontier.test_cost,
         ]
-        others = [term for name, term in terms.items() if name not in _CELL_FILTERS]
-        if others:
-            conditions.append(f"c.run_pk IN (SELECT r.id FROM runs AS r {_where(others)})")
-        key = "c.rank_key" if per_run else "min(c.rank_key)"
-        best = f"""best AS MATERIALIZED (
-            SELECT c.arch, c.dataset, c.train_mode, {key} AS rank_key, c.run_pk
-              FROM early_exit_choices AS c {_where(conditions)}
-              {"" if per_run else "GROUP BY c.arch, c.dataset, c.train_mode"})"""
-    elif per_run:
-        best = f"""best AS MATERIALIZED (
-            SELECT r.arch, r.dataset, r.train_mode, {target.seek(target.key)} AS rank_key,
-                   r.id AS run_pk
-              FROM runs AS r {where_r})"""
-    else:
-        # A single min() per group: SQLite evaluates each run's seek once and takes the bare
-        # run_pk from the winning row, scanning runs in group order (no sort).
-        best = f"""best AS MATERIALIZED (
-            SELECT r.arch, r.dataset, r.train_mode, min({target.seek(target.key)}) AS rank_key,
-                   r.id AS run_pk
-              FROM runs AS r {where_r} GROUP BY r.arch, r.dataset, r.train_mode)"""
-    return f"WITH {sizes}, {best}"
+    ).astype("<f8")
+    test_counts = (
+        np.full((f, e), -1) if frontier.test_exit_counts is None else frontier.test_exit_counts
+    )
+    counts = np.column_stack([frontier.val_exit_counts, test_counts]).astype("<i4")
+    return {
+        "policy": frontier.policy,
+        "num_points": int(f),
+        "num_exits": int(e),
+        "reference_val": float(frontier.reference_val),
+        "reference_test": None
+        if frontier.reference_test is None
+        else float(frontier.reference_test),
+        "points": numbers.tobytes() + counts.tobytes(),
+    }
 
 
-_REPORT = """
-{candidates}
-SELECT r.arch, r.dataset, r.train_mode, r.run_id, s.name AS sweep, r.seed, z.runs_in_group,
-       v.threshold, f.val_accuracy, f.val_relative_cost, :split AS split,
-       {p}.accuracy AS accuracy, {p}.relative_cost AS relative_cost,
-       {p}.exits_per_output AS exits_per_output,
-       e.accuracy AS final_accuracy, e.accuracy - {p}.accuracy AS accuracy_drop
-  FROM best AS b
-  JOIN sizes AS z ON z.arch = b.arch AND z.dataset = b.dataset AND z.train_mode = b.train_mode
-  JOIN runs AS r ON r.id = b.run_pk
-  JOIN sweeps AS s ON s.id = r.sweep_id
-  JOIN early_exit_frontier AS f ON f.run_pk = b.run_pk AND f.{key} = b.rank_key
-  JOIN early_exit_points AS v ON v.id = f.val_point_id
-  LEFT JOIN early_exit_points AS t ON t.id = f.test_point_id
-  LEFT JOIN exit_results AS e
-         ON e.run_pk = r.id AND e.split = :split AND e.exit_index = r.num_exits - 1
- WHERE b.rank_key IS NOT NULL
+def frontier_from_row(
+    policy: str,
+    num_points: int,
+    num_exits: int,
+    reference_val: float,
+    reference_test: float | None,
+    points: bytes,
+) -> Frontier:
+    """The ``Frontier`` a ``frontier_row`` stored (exact: float64 round trip)."""
+    f, e = num_points, num_exits
+    split = f * 5 * 8
+    numbers = np.frombuffer(points, dtype="<f8", count=f * 5).reshape(f, 5)
+    counts = np.frombuffer(points, dtype="<i4", offset=split).reshape(f, 2 * e).astype(np.int64)
+    has_test = reference_test is not None
+    return Frontier(
+        policy=policy,
+        thresholds=numbers[:, 0].copy(),
+        val_accuracy=numbers[:, 1].copy(),
+        val_cost=numbers[:, 2].copy(),
+        val_exit_counts=counts[:, :e],
+        test_accuracy=numbers[:, 3].copy() if has_test else None,
+        test_cost=numbers[:, 4].copy() if has_test else None,
+        test_exit_counts=counts[:, e:] if has_test else None,
+        reference_val=float(reference_val),
+        reference_test=float(reference_test) if has_test else None,
+    )
+
+
+def choice_row(choice: Choice) -> dict[str, Any]:
+    """``early_exit_choices`` values (without run_pk) of a choice."""
+    test = choice.test
+    val_drop = choice.val_drop
+    test_drop = choice.test_drop
+    return {
+        "policy": choice.policy,
+        "target": choice.target,
+        "method": choice.method,
+        "delta": choice.delta,
+        "met": bool(choice.met),
+        "threshold": choice.val.threshold,
+        "val_accuracy": float(choice.val.accuracy),
+        "val_relative_cost": float(choice.val.relative_cost),
+        "val_exits": [int(c) for c in choice.val.exit_counts],
+        "test_accuracy": None if test is None else float(test.accuracy),
+        "test_relative_cost": None if test is None else float(test.relative_cost),
+        "test_exits": None if test is None else [int(c) for c in test.exit_counts],
+        "final_val_accuracy": float(choice.reference_val),
+        "final_test_accuracy": choice.reference_test,
+        "val_drop": float(val_drop),
+        "test_drop": test_drop,
+        "val_test_gap": None if test_drop is None else float(test_drop - val_drop),
+    }
+
+
+# ---------------------------------------------------------------------------- the query
+_CHOICE_JOIN = """
+  LEFT JOIN early_exit_choices AS c
+         ON c.policy = :policy AND c.target = :target AND c.method = :method AND c.run_pk = r.id
+        AND (:delta IS NULL OR c.delta = :delta)"""
+
+# Phase 1: what ranking needs: the analysed runs (those with a frontier) in group and run order,
+# and the stored choices of the target, as two plain scans joined in Python (measured: 18 ms
+# against 28 ms for the join in SQL, at 10,000 runs).
+_RANK_RUNS = """
+SELECT r.id, r.arch, r.dataset, r.train_mode
+  FROM runs AS r
+ WHERE r.id IN (SELECT run_pk FROM early_exit_frontiers WHERE policy = :policy) {terms}
  ORDER BY r.arch, r.dataset, r.train_mode, r.run_id
 """
+_RANK_CHOICES = """
+SELECT run_pk, met, val_accuracy, val_relative_cost
+  FROM early_exit_choices
+ WHERE policy = :policy AND target = :target AND method = :method
+   AND (:delta IS NULL OR delta = :delta)
+"""
+
+# Phase 2: everything shown, for the runs kept.
+_DETAILS = (
+    """
+SELECT r.id, r.run_id, r.arch, r.dataset, r.train_mode, r.seed, s.name,
+       c.met, c.threshold, c.delta, c.val_accuracy, c.val_relative_cost, c.val_exits,
+       c.test_accuracy, c.test_relative_cost, c.test_exits,
+       c.final_val_accuracy, c.final_test_accuracy
+  FROM runs AS r
+  JOIN sweeps AS s ON s.id = r.sweep_id"""
+    + _CHOICE_JOIN
+    + """
+ WHERE r.id IN (SELECT value FROM json_each(:ids))
+"""
+)
+
+_FRONTIERS = """
+SELECT run_pk, num_points, num_exits, reference_val, reference_test, points
+  FROM early_exit_frontiers
+ WHERE policy = :policy AND run_pk IN (SELECT value FROM json_each(:ids))
+ ORDER BY run_pk
+"""
+
+_GRID = """
+SELECT run_pk, split, threshold, accuracy, relative_cost, exits_per_output, harmed
+  FROM early_exit_points
+ WHERE policy = :policy AND run_pk IN (SELECT value FROM json_each(:ids))
+ ORDER BY run_pk, split, threshold
+"""
+
+_COSTS = """
+SELECT run_pk, exit_index, relative_cost
+  FROM exit_results
+ WHERE split = 'val' AND run_pk IN (SELECT value FROM json_each(:ids))
+ ORDER BY run_pk, exit_index
+"""
+
+COLUMNS = [
+    "arch",
+    "dataset",
+    "train_mode",
+    "run_id",
+    "sweep",
+    "seed",
+    "runs_in_group",
+    "policy",
+    "target",
+    "method",
+    "delta",
+    "status",
+    "threshold",
+    "val_accuracy",
+    "val_relative_cost",
+    "val_drop",
+    "split",
+    "accuracy",
+    "relative_cost",
+    "exits_per_output",
+    "final_accuracy",
+    "accuracy_drop",
+    "val_test_gap",
+]
+
+# A run's choice as the details query gives it (after run_id .. sweep name).
+_FIELDS = (
+    "met",
+    "threshold",
+    "delta",
+    "val_accuracy",
+    "val_relative_cost",
+    "val_exits",
+    "test_accuracy",
+    "test_relative_cost",
+    "test_exits",
+    "final_val_accuracy",
+    "final_test_accuracy",
+)
 
 
 def best_early_exit(
     conn: Connection,
-    max_accuracy_drop: float | None,
-    cost_budget: float | None,
+    target: Target,
+    policy: str,
+    delta: float | None,
     split: str,
     per_run: bool,
     terms: dict[str, str],
@@ -284,27 +247,253 @@ def best_early_exit(
     as_frame: bool = True,
 ) -> pd.DataFrame:
     """See ``Catalogue.best_early_exit``. ``terms`` maps filter names to conditions on
-    ``runs AS r`` (built from a whitelist; the values are bound in ``params``)."""
-    if (max_accuracy_drop is None) == (cost_budget is None):
-        raise StorageError("give exactly one of max_accuracy_drop or cost_budget")
+    ``runs AS r`` (built from a whitelist; the values are bound in ``params``).
+
+    Two short queries: one row per analysed run for the ranking (stored choices, and choices
+    made now for the runs that lack one), then the details of the runs kept. Plain sqlite3
+    cursors: at 10,000 rows SQLAlchemy's row objects would cost more than the query.
+    """
+    if policy not in POLICIES:
+        raise choice_error("policy", policy, POLICIES)
     if split not in SPLITS:
         raise choice_error("split", split, SPLITS)
-    objective = objective_name(max_accuracy_drop, cost_budget)
-    target = _target(max_accuracy_drop)
-    candidates = _candidates(objective in _STANDARD_NAMES, target, terms, per_run)
-    sql = _REPORT.format(candidates=candidates, key=target.key, p="v" if split == "val" else "t")
+    if delta is not None and not 0.0 < float(delta) < 1.0:
+        raise StorageError(f"delta {delta!r} must be in (0, 1), e.g. 0.1")
+    method = METHODS[0] if delta is None else METHODS[1]
+    where = "".join(f" AND {term}" for term in terms.values())
     values = {
         **params,
-        "objective": objective,
-        "bound": _bound(max_accuracy_drop, cost_budget),
-        "split": split,
+        "policy": policy,
+        "target": target.name,
+        "method": method,
+        "delta": None if delta is None else float(delta),
     }
-    result = conn.exec_driver_sql(sql, values)
-    columns = list(result.keys())
-    k = columns.index("exits_per_output")
-    rows = [(*r[:k], None if r[k] is None else json.loads(r[k]), *r[k + 1 :]) for r in result]
-    if not as_frame:  # (columns, rows) for callers without pandas (``conn`` may be sqlite3's)
-        return columns, rows  # type: ignore[return-value]
+    raw = conn.connection.driver_connection
+    runs = raw.execute(_RANK_RUNS.format(terms=where), values).fetchall()
+    if not runs:
+        return _present([], target, policy, method, split, as_frame)
+    stored = {row[0]: row[1:] for row in raw.execute(_RANK_CHOICES, values).fetchall()}
+    pks, archs, datasets, modes = (list(c) for c in zip(*runs, strict=True))
+    none = (None, None, None)
+    met, val_acc, val_cost = (
+        list(c) for c in zip(*(stored.get(pk, none) for pk in pks), strict=True)
+    )
+    fresh: dict[int, dict[str, Any]] = {}
+    missing = [pk for pk, m in zip(pks, met, strict=True) if m is None]
+    if missing:
+        fresh = _choose_now(raw, missing, target, policy, delta)
+        for i, pk in enumerate(pks):
+            if pk in fresh:
+                met[i], val_acc[i], val_cost[i] = (
+                    fresh[pk]["met"],
+                    fresh[pk]["val_accuracy"],
+                    fresh[pk]["val_relative_cost"],
+                )
+    keep_pks = [pk for pk, m in zip(pks, met, strict=True) if m is not None]
+    position = {pk: i for i, pk in enumerate(pks)}
+    rows = np.array([position[pk] for pk in keep_pks], dtype=np.int64)
+    new_group = np.zeros(len(pks), dtype=bool)
+    new_group[0] = True
+    for column in (archs, datasets, modes):
+        values_ = np.asarray(column, dtype=object)
+        new_group[1:] |= values_[1:] != values_[:-1]
+    groups = (np.cumsum(new_group) - 1)[rows]
+    sizes = np.bincount(groups)
+    if per_run:
+        keep = rows
+    else:
+        order = group_ranking(
+            target,
+            np.asarray(met, dtype=object)[rows].astype(bool),
+            np.asarray(val_acc, dtype=np.float64)[rows],
+            np.asarray(val_cost, dtype=np.float64)[rows],
+            groups=groups,
+        )
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = groups[order][1:] != groups[order][:-1]
+        keep = np.sort(rows[order[first]])
+    kept = [pks[i] for i in keep]
+    group_of = dict(zip(rows.tolist(), groups.tolist(), strict=True))
+    details = {
+        row[0]: row for row in raw.execute(_DETAILS, {**values, "ids": json.dumps(kept)}).fetchall()
+    }
+    records = []
+    for i, pk in zip(keep.tolist(), kept, strict=True):
+        row = details[pk]
+        choice = dict(zip(_FIELDS, row[7:], strict=True))
+        if pk in fresh:
+            choice = fresh[pk]
+        records.append((row[1:7], choice, int(sizes[group_of[i]])))
+    return _present(records, target, policy, method, split, as_frame)
+
+
+def _present(
+    records: list[tuple[tuple[Any, ...], dict[str, Any], int]],
+    target: Target,
+    policy: str,
+    method: str,
+    split: str,
+    as_frame: bool = True,
+) -> pd.DataFrame:
+    """The query's columns (``COLUMNS``) from (run identity, choice, runs in group) records;
+    ``as_frame=False``: ``(COLUMNS, rows)`` with plain tuples (no pandas)."""
+    on = "val" if split == "val" else "test"
+    out = []
+    for (run_id, arch, dataset, mode, seed, sweep), c, size in records:
+        accuracy, final = c[f"{on}_accuracy"], c[f"final_{on}_accuracy"]
+        val_drop = c["final_val_accuracy"] - c["val_accuracy"]
+        test_drop = (
+            None
+            if c["test_accuracy"] is None or c["final_test_accuracy"] is None
+            else c["final_test_accuracy"] - c["test_accuracy"]
+        )
+        out.append(
+            {
+                "arch": arch,
+                "dataset": dataset,
+                "train_mode": mode,
+                "run_id": run_id,
+                "sweep": sweep,
+                "seed": seed,
+                "runs_in_group": size,
+                "policy": policy,
+                "target": target.name,
+                "method": method,
+                "delta": c["delta"] if method == "certified" else None,
+                "status": unmet_label(bool(c["met"]), method),
+                "threshold": _threshold(c["threshold"]),
+                "val_accuracy": c["val_accuracy"],
+                "val_relative_cost": c["val_relative_cost"],
+                "val_drop": val_drop,
+                "split": split,
+                "accuracy": accuracy,
+                "relative_cost": c[f"{on}_relative_cost"],
+                "exits_per_output": _exits(c[f"{on}_exits"]),
+                "final_accuracy": final,
+                "accuracy_drop": None if accuracy is None or final is None else final - accuracy,
+                "val_test_gap": None if test_drop is None else test_drop - val_drop,
+            }
+        )
+    if not as_frame:
+        return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in out]  # type: ignore[return-value]
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(out, columns=COLUMNS)
+    # object dtype: None (early exit off) stays None instead of becoming NaN
+    frame["threshold"] = pd.Series([r["threshold"] for r in out], dtype=object)
+    return frame
+
+
+def _threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _exits(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return json.loads(value)
+    return [int(v) for v in value]
+
+
+# ---------------------------------------------------------------------------- ad-hoc targets
+def _choose_now(
+    raw: Any, missing: list[int], target: Target, policy: str, delta: float | None
+) -> dict[int, dict[str, Any]]:
+    """Choices made now from the stored curves, for runs without a stored one (by run_pk)."""
+    ids = json.dumps(missing)
+    if delta is None:
+        found = raw.execute(_FRONTIERS, {"policy": policy, "ids": ids}).fetchall()
+        return _choose_on_frontiers(found, target)
+    return {
+        pk: choice_row(choice)
+        for pk, choice in _certify_on_grids(raw, ids, target, policy, float(delta)).items()
+    }
+
+
+def _choose_on_frontiers(found: list[Any], target: Target) -> dict[int, dict[str, Any]]:
+    """The empirical rule over every stored frontier at once: ``choose_indices`` (what
+    ``Frontier.choose`` calls for one run) on the frontiers laid end to end."""
+    if not found:
+        return {}
+    numbers, counts, starts, refs = [], [], [], []
+    offset = 0
+    for _pk, f, e, ref_val, _ref_test, points in found:
+        numbers.append(np.frombuffer(points, dtype="<f8", count=f * 5).reshape(f, 5))
+        counts.append(np.frombuffer(points, dtype="<i4", offset=f * 40).reshape(f, 2 * e))
+        starts.append(offset)
+        refs.append(ref_val)
+        offset += f
+    table = np.concatenate(numbers)
+    index, met = choose_indices(
+        table[:, 1], table[:, 2], np.asarray(starts), np.asarray(refs), target
+    )
+    chosen = table[index]
+    out = {}
+    for i, (pk, _f, e, ref_val, ref_test, _points) in enumerate(found):
+        row = chosen[i]
+        local = int(index[i]) - starts[i]
+        exits = counts[i][local]
+        has_test = ref_test is not None
+        out[int(pk)] = {
+            "met": bool(met[i]),
+            "threshold": _threshold(row[0]),
+            "delta": None,
+            "val_accuracy": float(row[1]),
+            "val_relative_cost": float(row[2]),
+            "val_exits": exits[:e],
+            "test_accuracy": float(row[3]) if has_test else None,
+            "test_relative_cost": float(row[4]) if has_test else None,
+            "test_exits": exits[e:] if has_test else None,
+            "final_val_accuracy": float(ref_val),
+            "final_test_accuracy": ref_test,
+        }
+    return out
+
+
+def _certify_on_grids(
+    raw: Any, ids: str, target: Target, policy: str, delta: float
+) -> dict[int, Choice]:
+    """The certified rule over every run's stored validation grid curve (``certify``)."""
+    grid = raw.execute(_GRID, {"policy": policy, "ids": ids}).fetchall()
+    costs = raw.execute(_COSTS, {"ids": ids}).fetchall()
+    refs = raw.execute(
+        "SELECT run_pk, reference_val, reference_test FROM early_exit_frontiers "
+        "WHERE policy = :policy AND run_pk IN (SELECT value FROM json_each(:ids))",
+        {"policy": policy, "ids": ids},
+    ).fetchall()
+    per_run_costs: dict[int, list[float]] = {}
+    for run_pk, _k, cost in costs:
+        per_run_costs.setdefault(int(run_pk), []).append(float(cost))
+    curves: dict[tuple[int, str], list[Any]] = {}
+    for row in grid:
+        curves.setdefault((int(row[0]), row[1]), []).append(row)
+    choices = {}
+    for run_pk, ref_val, ref_test in refs:
+        run_pk = int(run_pk)
+        val = _curve(curves.get((run_pk, "val"), []), policy)
+        test = _curve(curves.get((run_pk, "test"), []), policy)
+        if val is None or run_pk not in per_run_costs:
+            continue
+        choices[run_pk] = certify(
+            val, test, float(ref_val), ref_test, per_run_costs[run_pk], target, delta
+        )
+    return choices
+
+
+def _curve(rows: list[Any], policy: str) -> EarlyExitCurve | None:
+    if not rows or any(r[6] is None for r in rows):
+        return None
+    counts = np.array([_exits(r[5]) for r in rows], dtype=np.int64)
+    return EarlyExitCurve(
+        thresholds=np.array([r[2] for r in rows], dtype=np.float64),
+        accuracy=np.array([r[3] for r in rows], dtype=np.float64),
+        relative_cost=np.array([r[4] for r in rows], dtype=np.float64),
+        exit_counts=counts,
+        harmed=np.array([r[6] for r in rows], dtype=np.int64),
+        num_samples=int(counts[0].sum()),
+        policy=policy,
+    )

@@ -29,7 +29,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -105,11 +104,12 @@ class Run(Base):
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     exit_results: Mapped[list[ExitResult]] = relationship(passive_deletes=True)
     early_exit_points: Mapped[list[EarlyExitPoint]] = relationship(passive_deletes=True)
+    early_exit_choices: Mapped[list[EarlyExitChoice]] = relationship(passive_deletes=True)
     overthinking: Mapped[Overthinking | None] = relationship(passive_deletes=True)
 
 
 class ExitResult(Base):
-    """Accuracy and cost of always leaving at one exit, per split."""
+    """Accuracy, cost and calibration of always leaving at one exit, per split."""
 
     __tablename__ = "exit_results"
     __table_args__ = (UniqueConstraint("run_pk", "split", "exit_index"),)
@@ -123,69 +123,72 @@ class ExitResult(Base):
     accuracy: Mapped[float]
     cumulative_flops: Mapped[float]
     relative_cost: Mapped[float]
+    ece: Mapped[float | None]  # expected calibration error (15 bins); val and test only
+    # {"counts": [...], "confidence": [...], "accuracy": [...]} per bin: the reliability curve
+    reliability: Mapped[dict[str, Any] | None]
 
 
 class EarlyExitPoint(Base):
-    """Early exit at one confidence threshold on one split.
-
-    ``objective`` is NULL for a point of the threshold sweep (the curve) and names the target for a
-    point chosen on validation (e.g. ``max_drop=0.01``); the unique index treats NULL as ''.
-    """
+    """Early exit at one threshold of one policy on one split: the curves on each policy's fixed
+    grid, for plots and SQL (``harmed``: samples the final head gets right and early exit wrong,
+    what certification counts)."""
 
     __tablename__ = "early_exit_points"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    policy: Mapped[str]
     split: Mapped[str]
     threshold: Mapped[float]
     accuracy: Mapped[float]
     relative_cost: Mapped[float]
     exits_per_output: Mapped[list[int]]
-    objective: Mapped[str | None]
+    harmed: Mapped[int | None]
 
 
-# An expression index needs the mapped columns, so it is declared after the class.
 Index(
     "uq_early_exit_points_point",
     EarlyExitPoint.run_pk,
+    EarlyExitPoint.policy,
     EarlyExitPoint.split,
     EarlyExitPoint.threshold,
-    func.coalesce(EarlyExitPoint.objective, ""),
     unique=True,
 )
 
 
 class EarlyExitFrontier(Base):
-    """Derived: each run's Pareto-optimal validation curve points (see ``catalogue.early_exit``).
+    """A run's exact validation frontier for one policy (``sdn.early_exit.Frontier``), from which
+    any target's operating point is chosen by the same code that chose the stored ones.
 
-    ``record_summary`` rebuilds these rows with the run's ``early_exit_points``. They exist for
-    speed: for any accuracy drop d the chosen validation point is the cheapest frontier point with
-    ``val_margin >= -d``, and under any cost budget b the dearest one with
-    ``val_relative_cost <= b``; either is one seek per run in an index that also holds the row's
-    ranking key, so choosing the best run of a group never reads the table itself.
+    ``points`` packs float64 [num_points, 5] (threshold with NaN = off, val accuracy, val cost,
+    test accuracy, test cost) and int32 [num_points, 2 * num_exits] (val and test exits per
+    output); see ``storage.catalogue.early_exit.frontier_row``. Binary because a query for a new
+    target reads one row per run (10,000 runs in well under a second); SQL users read
+    ``early_exit_points`` and ``early_exit_choices`` instead.
     """
 
-    __tablename__ = "early_exit_frontier"
-    __table_args__ = (
-        Index("ix_early_exit_frontier_margin", "run_pk", "val_margin", "drop_key"),
-        Index("ix_early_exit_frontier_cost", "run_pk", "val_relative_cost", "budget_key"),
-    )
+    __tablename__ = "early_exit_frontiers"
+    __table_args__ = (UniqueConstraint("run_pk", "policy"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    val_point_id: Mapped[int]  # early_exit_points.id; replaced together with it
-    test_point_id: Mapped[int | None]  # the test point at the same threshold, if recorded
-    val_accuracy: Mapped[float]
-    val_relative_cost: Mapped[float]
-    val_margin: Mapped[float | None]  # val accuracy - final head's val accuracy
-    drop_key: Mapped[bytes] = mapped_column(LargeBinary)  # orders by (cost, -accuracy, run id)
-    budget_key: Mapped[bytes] = mapped_column(LargeBinary)  # orders by (-accuracy, cost, run id)
+    policy: Mapped[str]
+    num_points: Mapped[int]
+    num_exits: Mapped[int]
+    reference_val: Mapped[float]  # the final head's accuracy per split
+    reference_test: Mapped[float | None]
+    points: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EarlyExitChoice(Base):
-    """Derived: each run's chosen frontier row for the standard targets
-    (``early_exit.STANDARD_DROPS`` / ``STANDARD_BUDGETS``), clustered by target and group so that
-    ``best_early_exit`` for one of them scans one short row per run, in group order."""
+    """The operating point chosen on validation for one target, with its test figures.
+
+    One row per run, policy, target (``max_drop=0.01``, ``budget=0.50``) and method
+    (``empirical``, or ``certified`` at ``delta``). ``met`` is false when the target could not be
+    met (a budget below the cheapest point) or nothing could be certified. ``val_test_gap`` is the
+    test drop minus the validation drop. Clustered by (policy, target, method), so that a query for
+    one target reads one short row per run in order.
+    """
 
     __tablename__ = "early_exit_choices"
     __table_args__ = (
@@ -193,13 +196,24 @@ class EarlyExitChoice(Base):
         {"sqlite_with_rowid": False},
     )
 
-    objective: Mapped[str] = mapped_column(String, primary_key=True)  # "drop=0.01", "budget=0.5"
-    arch: Mapped[str] = mapped_column(String, primary_key=True)  # copies of the run's, for order
-    dataset: Mapped[str] = mapped_column(String, primary_key=True)
-    train_mode: Mapped[str] = mapped_column(String, primary_key=True)
-    rank_key: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
-    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    frontier_id: Mapped[int]  # early_exit_frontier.id
+    policy: Mapped[str] = mapped_column(String, primary_key=True)
+    target: Mapped[str] = mapped_column(String, primary_key=True)
+    method: Mapped[str] = mapped_column(String, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    delta: Mapped[float | None]
+    met: Mapped[bool]
+    threshold: Mapped[float | None]  # NULL: early exit off (the final head answers)
+    val_accuracy: Mapped[float]
+    val_relative_cost: Mapped[float]
+    val_exits: Mapped[list[int]]
+    test_accuracy: Mapped[float | None]
+    test_relative_cost: Mapped[float | None]
+    test_exits: Mapped[list[int] | None]
+    final_val_accuracy: Mapped[float]
+    final_test_accuracy: Mapped[float | None]
+    val_drop: Mapped[float]
+    test_drop: Mapped[float | None]
+    val_test_gap: Mapped[float | None]
 
 
 class Overthinking(Base):

@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Select, select
 
+from sdn.early_exit import Target
+from sdn.errors import SDNError
 from storage.catalogue import early_exit
 from storage.catalogue.models import (
     ExitResult,
@@ -102,6 +104,7 @@ def exits(conn: Connection, **filters: Any) -> pd.DataFrame:
             ExitResult.accuracy,
             ExitResult.cumulative_flops,
             ExitResult.relative_cost,
+            ExitResult.ece,
         )
         .join(Sweep, Run.sweep_id == Sweep.id)
         .join(ExitResult, ExitResult.run_pk == Run.id)
@@ -137,29 +140,64 @@ def best_early_exit(
     conn: Connection,
     max_accuracy_drop: float | None = None,
     cost_budget: float | None = None,
+    *,
+    policy: str = "confidence",
+    delta: float | None = None,
     split: str = "test",
     per_run: bool = False,
     **filters: Any,
 ) -> pd.DataFrame:
     """The early-exit operating point chosen on validation, reported on ``split``.
 
-    Per run, the threshold is chosen on the validation curve by the rule in
-    ``storage.catalogue.early_exit`` (lowest cost within ``max_accuracy_drop`` of the final head's
-    validation accuracy, or highest accuracy within ``cost_budget``). Then, per (arch, dataset,
-    mode), the run whose chosen point is best on validation (drop: lowest val cost, then highest val
-    accuracy; budget: highest val accuracy, then lowest val cost; then run id) is kept, unless
-    ``per_run``. Runs with no point meeting the target are left out. ``split="test"`` reports that
-    run's test point at the same threshold (test figures never influence the choice).
+    Per run, ``sdn.early_exit`` chooses on the validation split: the cheapest point within
+    ``max_accuracy_drop`` of the final head's validation accuracy, or the most accurate within
+    ``cost_budget`` (relative to the CNN); with ``delta``, the certified choice instead (the
+    target holds on new data with probability >= 1 - delta). Then per (arch, dataset, mode) the
+    run whose choice is best on validation is kept (met first; drop: lowest val cost, then
+    highest val accuracy; budget: highest val accuracy, then lowest val cost; then run id),
+    unless ``per_run``. Runs without an analysis are left out; runs whose target is unmet are
+    kept, with ``status`` saying so. ``split="test"`` reports the same threshold on test (test
+    figures never influence a choice).
 
-    Columns: arch, dataset, train_mode, run_id, sweep, seed, runs_in_group (runs of the group
-    that match the filters), threshold, val_accuracy, val_relative_cost, split, accuracy,
-    relative_cost, exits_per_output, final_accuracy (the final head's accuracy on ``split``),
-    accuracy_drop (final_accuracy - accuracy).
+    Columns: arch, dataset, train_mode, run_id, sweep, seed, runs_in_group, policy, target
+    (``max_drop=0.01`` / ``budget=0.50``), method (empirical / certified), delta, status (met /
+    unmet / none certified), threshold (None: early exit off, the final head answers),
+    val_accuracy, val_relative_cost, val_drop, split, accuracy, relative_cost, exits_per_output,
+    final_accuracy, accuracy_drop (final_accuracy - accuracy on ``split``), val_test_gap (test
+    drop - validation drop).
     """
+    target = _target(max_accuracy_drop, cost_budget)
     terms, params = _sql_conditions(filters)
-    return early_exit.best_early_exit(
-        conn, max_accuracy_drop, cost_budget, split, per_run, terms, params
+    return early_exit.best_early_exit(conn, target, policy, delta, split, per_run, terms, params)
+
+
+def _target(max_accuracy_drop: float | None, cost_budget: float | None) -> Target:
+    if (max_accuracy_drop is None) == (cost_budget is None):
+        raise StorageError("give exactly one of max_accuracy_drop or cost_budget")
+    try:
+        return Target.of(max_accuracy_drop, cost_budget)
+    except SDNError as exc:
+        raise StorageError(str(exc)) from None
+
+
+def calibration(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """Expected calibration error and the reliability bins of every exit (val and test)."""
+    statement = (
+        select(
+            *RUN_COLUMNS,
+            ExitResult.split,
+            ExitResult.exit_index,
+            ExitResult.is_final,
+            ExitResult.accuracy,
+            ExitResult.ece,
+            ExitResult.reliability,
+        )
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .join(ExitResult, ExitResult.run_pk == Run.id)
+        .where(ExitResult.ece.is_not(None), *_conditions(filters, {"split": ExitResult.split}))
+        .order_by(Run.run_id, ExitResult.split, ExitResult.exit_index)
     )
+    return frame(conn, statement)
 
 
 # The same filters for hand-written SQL over ``runs AS r``; values are bound as :f<n>.

@@ -114,6 +114,11 @@ class _Result:
         return self._cursor.fetchall()
 
 
+class _Driver:
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.driver_connection = con
+
+
 class Reader:
     """A read-only catalogue connection; see the module docstring."""
 
@@ -167,21 +172,33 @@ class Reader:
             params,
         )
 
+    @property
+    def connection(self) -> Any:
+        """What ``early_exit.best_early_exit`` reads from a SQLAlchemy connection: the
+        ``driver_connection`` (here the read-only sqlite3 connection itself)."""
+        return _Driver(self.con)
+
     def best_early_exit(
         self,
         max_accuracy_drop: float | None = None,
         cost_budget: float | None = None,
+        *,
+        policy: str = "confidence",
+        delta: float | None = None,
         split: str = "test",
         per_run: bool = False,
         **filters: Any,
     ) -> Rows:
-        """``Catalogue.best_early_exit``'s answer (same SQL), as Rows."""
+        """``Catalogue.best_early_exit``'s answer (the same code, ``early_exit.best_early_exit``,
+        on this connection), as Rows."""
+        from sdn.early_exit import Target
         from storage.catalogue import early_exit
 
+        target = Target.of(max_accuracy_drop, cost_budget)
         terms, params = sql_conditions(filters)
         try:
             columns, rows = early_exit.best_early_exit(
-                self, max_accuracy_drop, cost_budget, split, per_run, terms, params, as_frame=False
+                self, target, policy, delta, split, per_run, terms, params, as_frame=False
             )
         except sqlite3.Error as exc:
             raise StorageError(f"catalogue {self.path}: query failed: {one_line(exc)}") from None

@@ -29,11 +29,7 @@ from storage.catalogue.db import (
     with_retry,
 )
 from storage.catalogue.migrate import upgrade
-from storage.catalogue.models import (
-    EarlyExitChoice,
-    Run,
-    Sweep,
-)
+from storage.catalogue.models import Run, Sweep
 from storage.catalogue.readonly import MODES, SPLITS, STATUSES, check_schema, run_sql
 from storage.catalogue.summary import summary_rows, write_summary
 from storage.errors import StorageError, choice_error, one_line
@@ -236,19 +232,8 @@ class Catalogue:
                 keep["config"] = Run.__table__.c.config
             statement = statement.on_conflict_do_update(
                 index_elements=[Run.run_id], set_={**identity, **keep}
-            ).returning(Run.id)
-            pk = conn.execute(statement).scalar_one()
-            # early_exit_choices keeps copies of the cell for its clustering; keep them current.
-            conn.execute(
-                update(EarlyExitChoice)
-                .where(EarlyExitChoice.run_pk == pk)
-                .where(
-                    (EarlyExitChoice.arch != record.arch)
-                    | (EarlyExitChoice.dataset != record.dataset)
-                    | (EarlyExitChoice.train_mode != record.mode)
-                )
-                .values(arch=record.arch, dataset=record.dataset, train_mode=record.mode)
             )
+            conn.execute(statement)
 
         self._write(f"upsert_run {record.run_id!r}", action)
 
@@ -319,17 +304,32 @@ class Catalogue:
         self,
         max_accuracy_drop: float | None = None,
         cost_budget: float | None = None,
+        *,
+        policy: str = "confidence",
+        delta: float | None = None,
         split: str = "test",
         per_run: bool = False,
         **filters: Any,
     ) -> pd.DataFrame:
-        """Best operating point per (arch, dataset, mode), chosen on validation; see
-        :func:`storage.catalogue.queries.best_early_exit` for the exact rule and columns."""
+        """Best operating point per (arch, dataset, mode), chosen on validation by
+        ``sdn.early_exit`` (certified at ``delta`` when given); see
+        :func:`storage.catalogue.queries.best_early_exit` for the rule and columns."""
         return self._read(
             lambda conn: queries.best_early_exit(
-                conn, max_accuracy_drop, cost_budget, split, per_run, **filters
+                conn,
+                max_accuracy_drop,
+                cost_budget,
+                policy=policy,
+                delta=delta,
+                split=split,
+                per_run=per_run,
+                **filters,
             )
         )
+
+    def calibration(self, **filters: Any) -> pd.DataFrame:
+        """Per-exit ECE and reliability bins of matching runs (filters as ``exits``)."""
+        return self._read(lambda conn: queries.calibration(conn, **filters))
 
     def sql(
         self,

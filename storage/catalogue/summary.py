@@ -6,19 +6,16 @@ runs in one transaction with the same code ``Catalogue.record_summary`` uses for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, update
 
+from sdn.early_exit import METHODS, POLICIES
 from sdn.results import RunSummary
-from storage.catalogue.early_exit import (
-    FrontierPoint,
-    pareto_frontier,
-    rank_keys,
-    record_choices,
-)
+from storage.catalogue.early_exit import choice_row, frontier_row
 from storage.catalogue.models import (
     EarlyExitChoice,
     EarlyExitFrontier,
@@ -46,7 +43,8 @@ class SummaryRows:
     cnn_flops: float
     exits: list[dict[str, Any]]
     points: list[dict[str, Any]]
-    frontier: list[FrontierPoint]
+    frontiers: list[dict[str, Any]]
+    choices: list[dict[str, Any]]
     overthinking: dict[str, Any] | None
 
 
@@ -56,34 +54,13 @@ def write_summary(conn: Connection, run_pk: int, run_id: str, rows: SummaryRows)
         conn.execute(delete(model).where(model.run_pk == run_pk))
     if rows.exits:
         conn.execute(ExitResult.__table__.insert(), [{**r, "run_pk": run_pk} for r in rows.exits])
-    if rows.points:
-        conn.execute(
-            EarlyExitPoint.__table__.insert(), [{**r, "run_pk": run_pk} for r in rows.points]
-        )
-    if rows.frontier:
-        # Inside this write transaction new rowids are handed out in insertion order.
-        ids = conn.scalars(
-            select(EarlyExitPoint.id)
-            .where(EarlyExitPoint.run_pk == run_pk)
-            .order_by(EarlyExitPoint.id)
-        ).all()
-        frontier = []
-        for f in rows.frontier:
-            drop_key, budget_key = rank_keys(f.val_relative_cost, f.val_accuracy, run_id)
-            frontier.append(
-                {
-                    "run_pk": run_pk,
-                    "val_point_id": ids[f.val_index],
-                    "test_point_id": None if f.test_index is None else ids[f.test_index],
-                    "val_accuracy": f.val_accuracy,
-                    "val_relative_cost": f.val_relative_cost,
-                    "val_margin": f.val_margin,
-                    "drop_key": drop_key,
-                    "budget_key": budget_key,
-                }
-            )
-        conn.execute(EarlyExitFrontier.__table__.insert(), frontier)
-        record_choices(conn, run_pk)
+    for model, values in (
+        (EarlyExitPoint, rows.points),
+        (EarlyExitFrontier, rows.frontiers),
+        (EarlyExitChoice, rows.choices),
+    ):
+        if values:
+            conn.execute(model.__table__.insert(), [{**r, "run_pk": run_pk} for r in values])
     if rows.overthinking is not None:
         conn.execute(Overthinking.__table__.insert(), {**rows.overthinking, "run_pk": run_pk})
     conn.execute(
@@ -100,6 +77,7 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
         raise StorageError(f"summary has {len(summary.exit_costs)} exit costs for {e} exits")
     if summary.cnn_cost <= 0:
         raise StorageError(f"summary has a non-positive CNN cost {summary.cnn_cost}")
+    calibration = {(c.split, c.exit_index): c for c in summary.calibration}
     exit_rows = []
     for split, accuracies in summary.per_exit_accuracy.items():
         if split not in EXIT_SPLITS:
@@ -114,6 +92,7 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
                 "accuracy": float(acc),
                 "cumulative_flops": float(summary.exit_costs[k]),
                 "relative_cost": float(summary.exit_costs[k]) / float(summary.cnn_cost),
+                **_calibration_columns(calibration.get((split, k))),
             }
             for k, acc in enumerate(accuracies)
         ]
@@ -121,28 +100,48 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
     for p in summary.operating_points:
         if p.split not in SPLITS:
             raise choice_error("split", p.split, SPLITS)
-        # The early-exit ranking compares these as fixed-width text: they must be in range.
+        if p.policy not in POLICIES:
+            raise choice_error("policy", p.policy, POLICIES)
+        if p.threshold is None or not math.isfinite(p.threshold):
+            raise StorageError(f"a curve point of policy {p.policy!r} has no finite threshold")
         if not (0.0 <= p.accuracy <= 1.0) or not (0.0 <= p.relative_cost < 1e6):
             raise StorageError(
                 f"operating point at threshold {p.threshold} has accuracy {p.accuracy} or "
                 f"relative cost {p.relative_cost} out of range"
             )
-        key = (p.split, float(p.threshold), p.objective or "")
+        key = (p.policy, p.split, float(p.threshold))
         if key in seen:
             raise StorageError(f"summary repeats the operating point {key}")
         seen.add(key)
         point_rows.append(
             {
+                "policy": p.policy,
                 "split": p.split,
                 "threshold": float(p.threshold),
                 "accuracy": float(p.accuracy),
                 "relative_cost": float(p.relative_cost),
                 "exits_per_output": [int(c) for c in p.exit_counts],
-                "objective": p.objective,
+                "harmed": p.harmed,
             }
         )
-    val = summary.per_exit_accuracy.get("val")
-    final_val = float(val[-1]) if val else None
+    frontier_rows = []
+    for f in summary.frontiers:
+        if f.policy not in POLICIES:
+            raise choice_error("policy", f.policy, POLICIES)
+        if f.val_exit_counts.shape[1:] != (e,):
+            raise StorageError(f"the {f.policy} frontier has exit counts for another exit count")
+        frontier_rows.append(frontier_row(f))
+    if len({r["policy"] for r in frontier_rows}) != len(frontier_rows):
+        raise StorageError("summary has two frontiers for one policy")
+    choice_rows, chosen = [], set()
+    for c in summary.choices:
+        if c.method not in METHODS:
+            raise choice_error("method", c.method, METHODS)
+        key = (c.policy, c.target, c.method)
+        if key in chosen:
+            raise StorageError(f"summary repeats the choice {key}")
+        chosen.add(key)
+        choice_rows.append(choice_row(c))
     over = None
     if summary.overthinking is not None:
         o = summary.overthinking
@@ -161,9 +160,23 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
         cnn_flops=float(summary.cnn_cost),
         exits=exit_rows,
         points=point_rows,
-        frontier=pareto_frontier(summary.operating_points, final_val),
+        frontiers=frontier_rows,
+        choices=choice_rows,
         overthinking=over,
     )
+
+
+def _calibration_columns(calibration: Any) -> dict[str, Any]:
+    if calibration is None:
+        return {"ece": None, "reliability": None}
+    return {
+        "ece": None if math.isnan(calibration.ece) else float(calibration.ece),
+        "reliability": {
+            "counts": list(calibration.bin_counts),
+            "confidence": list(calibration.bin_confidence),
+            "accuracy": list(calibration.bin_accuracy),
+        },
+    }
 
 
 def _float_or_none(value: float | None) -> float | None:
