@@ -415,3 +415,74 @@ def test_input_checks_agree_with_sdn_data(monkeypatch: pytest.MonkeyPatch, tmp_p
     from workflows.plan import TRAIN_TOTALS
 
     assert TRAIN_TOTALS["digits"] == data._DIGITS_TRAIN_SIZE
+
+
+# --- inputs checked before anything heavy ---------------------------------------------------------
+
+
+def test_image_folders_are_expanded_recursively_in_sorted_order(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from workflows.inputs import image_inputs
+
+    for rel in ("b/2.png", "b/10.png", "a/z.jpg", "a/.hidden/x.png", "c.png", "a/notes.txt"):
+        path = tmp_path / "photos" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            Image.new("RGB", (4, 4)).save(path)
+    single = tmp_path / "single.png"
+    Image.new("RGB", (4, 4)).save(single)
+    found = image_inputs([single, tmp_path / "photos"])
+    names = [str(p.relative_to(tmp_path)) for p in found.files]
+    assert names == ["single.png", "photos/a/z.jpg", "photos/b/10.png", "photos/b/2.png",
+                     "photos/c.png"]  # fmt: skip
+    assert found.folders == 1 and found.describe() == "5 image(s) from 1 folder(s) and files given"
+
+
+PREDICT_PROBE = """
+import sys
+sys.argv = ["sdn", "models", "predict", "sdn-resnet56-digits-sdn@latest", *sys.argv[1:]]
+try:
+    from workflows.cli import app
+    app()
+except SystemExit:
+    sys.stderr.write("HEAVY:" + ",".join(m for m in ("torch", "mlflow", "ray") if m in sys.modules) + "\\n")
+    raise
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["{empty}", "--threshold", "0.5"], "holds no images"),
+        (["{empty}/nothing.png", "--threshold", "0.5"], "does not exist"),
+        (["--dataset", "digits", "--threshold", "nan"], "--threshold nan"),
+        (["--dataset", "digits", "--budget", "inf"], "--budget inf"),
+        (["--dataset", "cifar10", "--threshold", "0.5", "--data-root", "{empty}"], "cifar-10-batches-py"),
+        (["--dataset", "digits", "--threshold", "0.5", "--batch-size", "0"], "--batch-size"),
+    ],
+)  # fmt: skip
+def test_predict_refuses_bad_input_before_loading_anything(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    """One line, exit 2, in a fresh interpreter that never imported torch, MLflow or Ray: no
+    model is resolved or loaded before every input is checked."""
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    env = {**os.environ, "SDN_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-c", PREDICT_PROBE, *argv], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and lines[-1] == "HEAVY:", run.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: ") and needle in lines[0]
+    assert "--download" not in lines[0]
+
+
+def test_home_option_does_not_change_the_environment(home: Path) -> None:
+    before = dict(os.environ)
+    result = CliRunner().invoke(app, ["sweep", "status", "--home", str(home)])
+    assert result.exit_code == 0 and dict(os.environ) == before
