@@ -11,8 +11,9 @@ Every read command of the CLI goes through :func:`open_reader`:
 * results are :class:`Rows` (column names and tuples): importing pandas alone takes longer than a
   whole read command may.
 
-The early-exit query is ``storage.catalogue.early_exit``'s own SQL, run on this connection (it
-only needs ``exec_driver_sql``), so the CLI and ``Catalogue.best_early_exit`` answer alike.
+The early-exit query is ``storage.catalogue.early_exit``'s own code, run on this connection (it
+only needs the raw sqlite3 connection, ``connection.driver_connection``), so the CLI and
+``Catalogue.best_early_exit`` answer alike.
 """
 
 from __future__ import annotations
@@ -98,22 +99,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Result:
-    """What ``early_exit.best_early_exit`` reads from SQLAlchemy's result: rows and ``keys()``."""
-
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
-        self._cursor = cursor
-
-    def keys(self) -> list[str]:
-        return [d[0] for d in self._cursor.description or ()]
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        return iter(self._cursor)
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._cursor.fetchall()
-
-
 class _Driver:
     def __init__(self, con: sqlite3.Connection) -> None:
         self.driver_connection = con
@@ -127,11 +112,6 @@ class Reader:
         self.con = con
 
     # ---- plumbing
-    def exec_driver_sql(self, sql: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> _Result:
-        """Run SQL with bound parameters (``:name`` or ``?``), as SQLAlchemy's method of the same
-        name does, so the query modules' raw SQL runs here unchanged."""
-        return _Result(self.con.execute(sql, params))
-
     def query(self, sql: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Rows:
         try:
             cursor = self.con.execute(sql, params)
