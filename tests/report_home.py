@@ -31,3 +31,44 @@ if __name__ == "__main__":  # pragma: no cover - a home to look at: python tests
     import sys
 
     print(build_home(Path(sys.argv[1])))
+
+
+def expected_rows(catalogue: Path, sweep: str = SWEEP) -> dict[str, int]:
+    """How many rows each of the report's sweep tables must have, counted in the catalogue with
+    plain SQL (not through the report's code): runs, analysed runs, (run, target) pairs of
+    non-CNN runs per policy, runs with calibration and with an overthinking summary."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{catalogue}?mode=ro", uri=True)
+    try:
+        scope = "FROM runs r JOIN sweeps s ON s.id = r.sweep_id WHERE s.name = ?"
+
+        def one(sql: str, *params: object) -> int:
+            return int(con.execute(sql, (sweep, *params)).fetchone()[0])
+
+        out = {
+            "runs": one(f"SELECT count(*) {scope}"),
+            "per-exit-accuracy": one(
+                f"SELECT count(*) {scope} AND EXISTS "
+                "(SELECT 1 FROM exit_results e WHERE e.run_pk = r.id AND e.split = 'test')"
+            ),
+            "calibration": one(
+                f"SELECT count(*) {scope} AND EXISTS (SELECT 1 FROM exit_results e "
+                "WHERE e.run_pk = r.id AND e.split = 'test' AND e.ece IS NOT NULL)"
+            ),
+            "overthinking": one(
+                f"SELECT count(*) {scope} AND EXISTS "
+                "(SELECT 1 FROM overthinking o WHERE o.run_pk = r.id)"
+            ),
+        }
+        policies = [p for (p,) in con.execute("SELECT DISTINCT policy FROM early_exit_choices")]
+        for policy in policies:
+            out[f"early-exit-{policy}"] = one(
+                "SELECT count(*) FROM (SELECT DISTINCT r.id, c.target FROM early_exit_choices c "
+                "JOIN runs r ON r.id = c.run_pk JOIN sweeps s ON s.id = r.sweep_id "
+                "WHERE s.name = ? AND c.policy = ? AND r.train_mode != 'cnn')",
+                policy,
+            )
+        return out
+    finally:
+        con.close()

@@ -1009,9 +1009,12 @@ def report(
         bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow.")
     ] = True,
 ) -> None:
-    """Plots of a run or a sweep: accuracy vs cost with operating points, per-IC accuracy,
-    first-correct and confusion histograms. The folder is replaced only once the new report is
-    complete; it is also logged to MLflow."""
+    """A self-contained HTML report of a sweep (or one run): FOLDER/index.html opens from disk
+    with no server or network. Overview, per-exit accuracy, accuracy vs cost with the chosen
+    points, early-exit choices per policy (empirical and certified), calibration, overthinking,
+    and each run's part with its MLflow run and registered model; the figures are also PNG files
+    beside it. The folder is replaced only once the new report is complete; it is also logged to
+    the sweep's MLflow run (artifact report/)."""
     import re
 
     from storage.catalogue import Catalogue
@@ -1035,8 +1038,15 @@ def report(
             cat, target, temp, predictions_root=w.paths.predictions, tracking_uri=uri
         )
     console = _console()
-    for f in files:
-        console.print(str(folder / Path(f).relative_to(temp)), highlight=False, soft_wrap=True)
+    index = folder / Path(files[0]).relative_to(temp)
+    console.print(str(index), highlight=False, soft_wrap=True)
+    run = getattr(files, "logged_to", None)
+    logged = f"; logged to MLflow run {run} as artifact report/" if run else ""
+    console.print(
+        f"({len(files) - 1} figures, also as PNG files beside it{logged})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:  # pragma: no cover - console script

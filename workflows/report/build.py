@@ -47,6 +47,12 @@ def render_sections(ctx: ReportContext, keys: Sequence[str] | None = None) -> li
     return out
 
 
+class Written(list[Path]):
+    """The files a report wrote (``index.html`` first), and the MLflow run it was logged to."""
+
+    logged_to: str | None = None
+
+
 def make_report(
     cat: Any,
     target: str,
@@ -54,10 +60,11 @@ def make_report(
     predictions_root: Path | None = None,
     tracking_uri: str | None = None,
     sections: Sequence[str] | None = None,
-) -> list[Path]:
+) -> Written:
     """Write the report of the run or sweep ``target`` into ``folder`` (``index.html`` and the
-    figures as PNG files); log the folder to MLflow when a tracking URI is given. Returns the
-    files written, ``index.html`` first. ``sections`` keeps only those section keys."""
+    figures as PNG files); log the folder to the sweep's (or the run's) MLflow run when a
+    tracking URI is given. Returns the files written, ``index.html`` first, and the MLflow run it
+    was logged to (``logged_to``). ``sections`` keeps only those section keys."""
     from workflows.version import code_version
 
     folder = Path(folder)
@@ -77,7 +84,7 @@ def make_report(
     )
     index = folder / "index.html"
     index.write_text(page(title, meta, rendered, footer), encoding="utf-8")
-    files = [index, *ctx.files]
+    files = Written([index, *ctx.files])
     if tracking_uri:
         mlflow_run = (
             _sweep_parent_run(tracking_uri, target)
@@ -86,6 +93,7 @@ def make_report(
         )
         if mlflow_run:
             _log_to_mlflow(tracking_uri, mlflow_run, folder)
+            files.logged_to = str(mlflow_run)
     return files
 
 

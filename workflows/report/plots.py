@@ -21,8 +21,6 @@ from sdn.early_exit import Target, format_target, format_threshold, unmet_label
 from workflows.report import style
 from workflows.report.style import Label, place_labels, plt
 
-EMPTY_BIN = None
-
 
 def _pct(values: Any) -> np.ndarray:
     return 100.0 * np.asarray(values, dtype=float)
@@ -83,10 +81,13 @@ def distinct_points(choices: pd.DataFrame) -> list[tuple[float, float, pd.DataFr
 
 
 # ---------------------------------------------------------------------------- shared pieces
-def _draw_cnn(ax: Any, cost: float, accuracy: float, colour: str, label: str | None = None) -> None:
-    ax.axhline(100 * accuracy, color=colour, ls=style.CNN_LINE, lw=1.0, alpha=0.8, zorder=1)
+def _draw_cnn(ax: Any, cost: float, accuracy: float, colour: str, run_id: str) -> None:
+    """The CNN: a star at its cost and accuracy, a dotted line across at its accuracy. Artists
+    carry ``gid``s (``cnn:RUN``, ``cnn-line:RUN``) so tests can find what was drawn for whom."""
+    ax.axhline(100 * accuracy, color=colour, ls=style.CNN_LINE, lw=1.0, alpha=0.8, zorder=1,
+               gid=f"cnn-line:{run_id}")  # fmt: skip
     ax.plot([cost], [100 * accuracy], style.CNN_MARKER, color=colour, ms=11, mec="white",
-            mew=0.6, zorder=5, label=label)  # fmt: skip
+            mew=0.6, zorder=5, gid=f"cnn:{run_id}")  # fmt: skip
 
 
 def _final_point(
@@ -137,6 +138,7 @@ def _legend_handles(ctx: Any, archs: Sequence[str], modes: Sequence[str], chosen
 
 
 def _mark_choices(ax: Any, choices: pd.DataFrame, colour: str, size: float = 5.0) -> None:
+    """Each distinct stored test point of the choices, per method (``gid`` ``chosen:METHOD:RUN``)."""
     for method, marker in (("empirical", style.EMPIRICAL_MARKER),
                            ("certified", style.CERTIFIED_MARKER)):  # fmt: skip
         rows = choices[choices["method"] == method].dropna(subset=["test_relative_cost"])
@@ -144,18 +146,10 @@ def _mark_choices(ax: Any, choices: pd.DataFrame, colour: str, size: float = 5.0
             continue
         points = rows.drop_duplicates(["test_relative_cost", "test_accuracy"])
         face = colour if method == "empirical" else "none"
+        run_id = str(points["run_id"].iloc[0]) if "run_id" in points else ""
         ax.plot(points["test_relative_cost"], _pct(points["test_accuracy"]), marker, ls="",
                 mfc=face, mec=colour, mew=1.2, ms=size + (1 if method == "certified" else 0),
-                zorder=4)  # fmt: skip
-
-
-def _groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
-    if frame.empty:
-        return []
-    return [
-        ((k,) if not isinstance(k, tuple) else k, g)
-        for k, g in frame.groupby(list(keys), sort=True)
-    ]
+                zorder=4, gid=f"chosen:{method}:{run_id}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- accuracy vs cost
@@ -168,11 +162,11 @@ def cost_accuracy_run(ctx: Any, run: Any, policy: str = "confidence") -> tuple[A
     final = _final_point(ctx.exits, run.run_id)
     x, y = _curve_xy(curve, final)
     ax.plot(x, y, style.mode_line(run.train_mode), color=colour, lw=1.6, zorder=3,
-            label=f"{run.train_mode} (test)")  # fmt: skip
+            gid=f"curve:{run.run_id}")  # fmt: skip
     cnn = ctx.cnn_of(run)
     cnn_point = _final_point(ctx.exits, cnn.run_id) if cnn is not None else None
     if cnn_point is not None:
-        _draw_cnn(ax, 1.0, cnn_point[1], colour, label="CNN")
+        _draw_cnn(ax, 1.0, cnn_point[1], colour, cnn.run_id)
     choices = ctx.choices[(ctx.choices["run_id"] == run.run_id) & (ctx.choices["policy"] == policy)]
     _mark_choices(ax, choices, colour, size=6)
     ax.set_xlabel("average cost relative to the CNN")
@@ -218,14 +212,15 @@ def cost_accuracy_sweep(ctx: Any, policy: str = "confidence") -> Any:
             if run.train_mode == "cnn":
                 point = _final_point(ctx.exits, run.run_id)
                 if point is not None:
-                    _draw_cnn(ax, 1.0, point[1], colour)
+                    _draw_cnn(ax, 1.0, point[1], colour, run.run_id)
                     low = min(low, 100 * point[1])
                 continue
             curve = _curve(ctx.curves, run.run_id, policy)
             if curve.empty:
                 continue
             x, y = _curve_xy(curve, _final_point(ctx.exits, run.run_id))
-            ax.plot(x, y, style.mode_line(run.train_mode), color=colour, lw=1.4, alpha=0.9)
+            ax.plot(x, y, style.mode_line(run.train_mode), color=colour, lw=1.4, alpha=0.9,
+                    gid=f"curve:{run.run_id}")  # fmt: skip
             low = min(low, float(np.nanmin(y)))
             chosen = ctx.choices[
                 (ctx.choices["run_id"] == run.run_id) & (ctx.choices["policy"] == policy)
@@ -272,18 +267,14 @@ def per_exit_sweep(ctx: Any, value: str = "accuracy") -> Any:
             y = _pct(rows[value])
             if run.train_mode == "cnn":
                 if value == "accuracy":
-                    _draw_cnn(
-                        ax,
-                        float(rows["relative_cost"].iloc[-1]),
-                        float(rows[value].iloc[-1]),
-                        colour,
-                    )
+                    cost, acc = rows["relative_cost"].iloc[-1], rows[value].iloc[-1]
+                    _draw_cnn(ax, float(cost), float(acc), colour, run.run_id)
                 else:
                     ax.plot(rows["relative_cost"], y, style.CNN_MARKER, color=colour, ms=11,
-                            mec="white", mew=0.6, zorder=5)  # fmt: skip
+                            mec="white", mew=0.6, zorder=5, gid=f"cnn:{run.run_id}")  # fmt: skip
                 continue
             ax.plot(rows["relative_cost"], y, style.mode_line(run.train_mode), marker="o", ms=3.5,
-                    color=colour, lw=1.4)  # fmt: skip
+                    color=colour, lw=1.4, gid=f"curve:{run.run_id}")  # fmt: skip
         ax.set_title(f"{arch} ({dataset})" if many_datasets else arch, loc="left")
         ax.set_xlabel("relative cost of the exit")
         ax.set_xlim(left=0)
@@ -314,35 +305,40 @@ def reliability_run(ctx: Any, run: Any, split: str = "test") -> Any | None:
             panels.append(("CNN", next(ref.itertuples()), "#777777"))
     cols = min(4, len(panels))
     rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(2.35 * cols + 0.4, 2.3 * rows_n + 0.5),
-                             layout="constrained", squeeze=False, sharex=True, sharey=True)  # fmt: skip
+    width, height = 2.35 * cols + 0.5, 2.2 * rows_n + 0.75
+    fig, axes = plt.subplots(rows_n, cols, figsize=(width, height), squeeze=False, sharex=True,
+                             sharey=True)  # fmt: skip
+    # Fixed margins (in inches), not a layout engine: this grid is drawn for every run.
+    fig.subplots_adjust(left=0.55 / width, right=1 - 0.1 / width, bottom=0.55 / height,
+                        top=1 - 0.5 / height, wspace=0.12, hspace=0.42)  # fmt: skip
     edges = np.linspace(0, 1, 16)
     for ax, (name, r, colour) in zip(axes.flat, panels, strict=False):
         bins = r.reliability or {}
-        acc = [EMPTY_BIN if a is None else a for a in bins.get("accuracy", [])]
-        conf = bins.get("confidence", [])
-        k = min(len(acc), len(edges) - 1)
-        for i in range(k):
-            if acc[i] is None:
-                continue
-            ax.bar(edges[i], acc[i], width=1 / 15, align="edge", color=colour, alpha=0.8,
-                   edgecolor="white", lw=0.4)  # fmt: skip
-            if (
-                conf[i] is not None
-            ):  # the bin's mean confidence: where the bar would end if calibrated
-                ax.plot([edges[i], edges[i + 1]], [conf[i], conf[i]], color="#222222", lw=0.9)
+        acc = list(bins.get("accuracy", []))[:15]  # None: an empty bin
+        conf = list(bins.get("confidence", []))[:15]
+        full = [i for i, a in enumerate(acc) if a is not None]
+        ax.bar(edges[full], [acc[i] for i in full], width=1 / 15, align="edge", color=colour,
+               alpha=0.8, edgecolor="white", lw=0.4)  # fmt: skip
+        # Each bin's mean confidence: where its bar would end if the exit were calibrated.
+        ticks = [i for i in full if i < len(conf) and conf[i] is not None]
+        ax.hlines([conf[i] for i in ticks], edges[ticks], edges[ticks] + 1 / 15,
+                  color="#222222", lw=0.9)  # fmt: skip
         ax.plot([0, 1], [0, 1], ":", color="#888888", lw=0.9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
         ax.set_title(f"{name} · ECE {100 * r.ece:.1f}%", fontsize=9, loc="left")
         ax.grid(alpha=0.2)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.supxlabel("confidence (max softmax)", fontsize=9)
-    fig.supylabel("accuracy", fontsize=9)
-    fig.suptitle(
-        f"{ctx.label(run)}: reliability per exit ({split})", x=0.01, ha="left", fontsize=10
-    )
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+        elif i + cols >= len(panels):  # nothing below it: it shows the confidence ticks
+            ax.xaxis.set_tick_params(labelbottom=True)
+    fig.supxlabel("confidence (max softmax)", fontsize=9, y=0.02)
+    fig.supylabel("accuracy", fontsize=9, x=0.01)
+    fig.suptitle(f"{ctx.label(run)}: reliability per exit ({split})", x=0.01, y=0.99, ha="left",
+                 va="top", fontsize=10)  # fmt: skip
     return fig
 
 
