@@ -400,3 +400,14 @@ def test_cli_report_writes_pngs(cli, swept, tmp_path):
     exp = client.get_experiment_by_name("sweep-tiny")
     parent = client.search_runs([exp.experiment_id], "tags.`sdn.kind` = 'sweep'")[0]
     assert any(a.path == "report" for a in client.list_artifacts(parent.info.run_id))
+
+
+def test_readme_model_snippets_run_as_written(cli, swept, tmp_path):
+    """The README's MLflow snippet and its `sdn models` lines, as written, on this sweep's home
+    (it has the registered models they name); tests/test_readme.py runs the rest of the README."""
+    from test_readme import run_model_snippets
+
+    spec, _ = swept
+    work = tmp_path / "work"
+    work.mkdir()
+    run_model_snippets(spec.storage_paths().home, work, cli)
