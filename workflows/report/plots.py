@@ -119,6 +119,19 @@ def _curve_xy(
     return np.asarray(x, float), _pct(y)
 
 
+def _fit_ylim(ax: Any) -> None:
+    """Accuracy axis (%) around what is drawn, with room for labels; never beyond 0..100 + a bit."""
+    values = [
+        v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), float)
+        if np.isfinite(v)
+    ]  # fmt: skip
+    if not values:
+        return
+    low, high = min(values), max(values)
+    pad = max(2.0, 0.12 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(103.0, high + pad))
+
+
 def _legend_handles(ctx: Any, archs: Sequence[str], modes: Sequence[str], chosen: bool,
                     cnn: bool) -> list[Any]:  # fmt: skip
     from matplotlib.lines import Line2D
@@ -173,8 +186,7 @@ def cost_accuracy_run(ctx: Any, run: Any, policy: str = "confidence") -> tuple[A
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{ctx.label(run)}: accuracy vs cost ({policy})", loc="left")
     ax.set_xlim(left=0)
-    low = float(np.nanmin(y)) if len(y) else 0.0
-    ax.set_ylim(max(0.0, low - 8), 103)
+    _fit_ylim(ax)
     from matplotlib.lines import Line2D
 
     handles = [
@@ -206,14 +218,12 @@ def cost_accuracy_sweep(ctx: Any, policy: str = "confidence") -> Any:
                              layout="constrained", squeeze=False)  # fmt: skip
     for ax, dataset in zip(axes.flat, datasets, strict=False):
         mine = runs[runs["dataset"] == dataset]
-        low = 100.0
         for run in mine.itertuples():
             colour = ctx.colours[run.arch]
             if run.train_mode == "cnn":
                 point = _final_point(ctx.exits, run.run_id)
                 if point is not None:
                     _draw_cnn(ax, 1.0, point[1], colour, run.run_id)
-                    low = min(low, 100 * point[1])
                 continue
             curve = _curve(ctx.curves, run.run_id, policy)
             if curve.empty:
@@ -221,7 +231,6 @@ def cost_accuracy_sweep(ctx: Any, policy: str = "confidence") -> Any:
             x, y = _curve_xy(curve, _final_point(ctx.exits, run.run_id))
             ax.plot(x, y, style.mode_line(run.train_mode), color=colour, lw=1.4, alpha=0.9,
                     gid=f"curve:{run.run_id}")  # fmt: skip
-            low = min(low, float(np.nanmin(y)))
             chosen = ctx.choices[
                 (ctx.choices["run_id"] == run.run_id) & (ctx.choices["policy"] == policy)
             ]
@@ -230,7 +239,7 @@ def cost_accuracy_sweep(ctx: Any, policy: str = "confidence") -> Any:
         ax.set_xlabel("average cost relative to the CNN")
         ax.set_ylabel("test accuracy (%)")
         ax.set_xlim(left=0)
-        ax.set_ylim(max(0.0, low - 8), 103)
+        _fit_ylim(ax)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
     archs = sorted(set(runs["arch"]), key=style.arch_sort_key)
