@@ -73,7 +73,7 @@ def quickstart_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     ensure_tracking_store(uri)
     client = make_client(uri)
-    experiment = tracking.ensure_experiment(client, "quickstart", None)
+    experiment = tracking.ensure_experiment(client, "quickstart", (home / "mlartifacts").as_uri())
     tracking.ensure_sweep_run(client, experiment, "quickstart", {})
     return home
 

@@ -492,11 +492,18 @@ def test_logged_to_the_sweeps_mlflow_run_and_an_unreachable_mlflow_is_exit_3(
     from workflows import tracking
 
     _only_sections(monkeypatch, "overview", "early-exit")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # anything written relative to the working directory shows here
     uri = f"sqlite:///{home / 'mlflow.db'}"
     ensure_tracking_store(uri)
     client = make_client(uri)
     parent = tracking.ensure_sweep_run(
-        client, tracking.ensure_experiment(client, SWEEP, None), SWEEP, {}
+        client,
+        # Artifacts under the home, as a sweep puts them (never ./mlruns in the working directory).
+        tracking.ensure_experiment(client, SWEEP, (home / "mlartifacts").as_uri()),
+        SWEEP,
+        {},
     )
     out = tmp_path / "logged"
     done = _cli(home, "--out", str(out))
@@ -519,7 +526,8 @@ def test_logged_to_the_sweeps_mlflow_run_and_an_unreachable_mlflow_is_exit_3(
     failed = _cli(home, "--out", str(out))
     assert failed.exit_code == 3 and "unreachable" in failed.stderr, failed.output
     assert _digest(out) == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["logged"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cwd", "logged"]
+    assert list(cwd.iterdir()) == []
 
 
 def test_a_one_run_report_folds_in_its_cnn(home, tmp_path):
