@@ -546,3 +546,28 @@ def test_a_one_run_report_folds_in_its_cnn(home, tmp_path):
     # The CNN is not in the report's scope, yet its figure has the CNN as star and line.
     assert f"cnn:{SWEEP}.wrn32_4.digits.cnn.s0" in _lines(fig)
     _close(fig)
+
+
+def test_a_failed_run_is_listed_with_its_error_and_drawn_nowhere(tmp_path):
+    """A sweep with a failed cell still gets its report: the run is in the overview and has a
+    part saying why, with no figures; names then carry the seed, which now varies."""
+    from bench.quickstart_catalogue import build
+    from storage.catalogue import RunRecord
+    from workflows.report.build import load_context, render_sections
+    from workflows.report.sections.runs import run_part
+
+    path = build(tmp_path / "catalogue.db")
+    with Catalogue(path) as cat:
+        record = RunRecord(f"{SWEEP}.resnet56.digits.sdn.s1", SWEEP, "resnet56", "digits", "sdn", 1)
+        record.status, record.error = "failed", "CUDA out of memory at epoch 3"
+        cat.upsert_run(record)
+    with Catalogue(path, read_only=True) as cat:
+        ctx = load_context(cat, SWEEP, tmp_path / "r", None)
+        assert len(ctx.runs) == 13 and len(ctx.analysed) == 12
+        (overview,) = render_sections(ctx, ["overview"])
+        failed = next(r for r in ctx.runs.itertuples() if r.status == "failed")
+        part = run_part(ctx, failed).render()
+    assert "resnet56 sdn s1" in overview.body and "CUDA out of memory at epoch 3" in overview.body
+    assert 'class="badge bad">failed<' in overview.body
+    assert "CUDA out of memory at epoch 3" in part and "<img" not in part
+    assert ctx.files == []

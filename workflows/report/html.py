@@ -18,8 +18,28 @@ from typing import Any
 from workflows.tables import FORMATTERS
 
 
+def missing(value: Any) -> bool:
+    """None, NaN or NaT (pandas' missing values): shown as an empty cell or a dash."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN and NaT are the values unequal to themselves
+    except (TypeError, ValueError):
+        return False
+
+
+def plain(value: Any) -> Any:
+    """A stored value as a person reads it: missing -> None, 12.0 -> 12 (pandas turns an
+    integer column with a gap into floats)."""
+    if missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape("" if missing(value) else str(value), quote=True)
 
 
 class Block:
@@ -58,7 +78,7 @@ class Facts(Block):
 
     def render(self) -> str:
         rows = "".join(
-            f"<dt>{esc(k)}</dt><dd>{esc(v) if v not in (None, '') else '&ndash;'}</dd>"
+            f"<dt>{esc(k)}</dt><dd>{'&ndash;' if missing(v) or v == '' else esc(v)}</dd>"
             for k, v in self.items
         )
         return f'<dl class="facts">{rows}</dl>'
@@ -123,7 +143,7 @@ def cell(value: Any, kind: str = "text") -> Cell:
     """The cell of a raw value, formatted as the CLI formats that kind of column."""
     if isinstance(value, Cell):
         return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return Cell("", None)
     text = FORMATTERS[kind](value) if kind in FORMATTERS else str(value)
     return Cell(text, value)

@@ -11,7 +11,18 @@ import pandas as pd
 
 from workflows.report import section
 from workflows.report.context import ReportContext, anchor
-from workflows.report.html import Block, Cell, Column, Facts, Html, Note, Table, badge, esc
+from workflows.report.html import (
+    Block,
+    Cell,
+    Column,
+    Facts,
+    Html,
+    Note,
+    Table,
+    badge,
+    esc,
+    plain,
+)
 from workflows.report.sections.common import identity_cells, identity_columns
 from workflows.report.style import arch_sort_key, mode_sort_key
 
@@ -109,7 +120,7 @@ def _facts(ctx: ReportContext) -> list[tuple[str, Any]]:
         facts.append(("training", schedule))
     if _targets(spec):
         facts.append(("early-exit targets", _targets(spec)))
-    codes = sorted({str(c) for c in runs["code_version"] if c})
+    codes = sorted({str(c) for c in runs["code_version"] if plain(c)})
     facts.append(
         (
             "code version",
@@ -169,23 +180,24 @@ def overview(ctx: ReportContext) -> list[Block]:
     for run in runs.itertuples():
         took = seconds(run)
         model = (
-            f"{run.model_name} v{run.model_version}"
-            if run.model_name and run.model_version
-            else run.model_name
+            f"{plain(run.model_name)} v{plain(run.model_version)}"
+            if plain(run.model_name) and plain(run.model_version) is not None
+            else plain(run.model_name)
         )
+        mlflow_run = plain(run.mlflow_run_id) or ""
         rows.append([
             *identity_cells(ctx, run),
             run.train_mode,
             Cell(run.status, run.status, badge(run.status)),
-            run.epochs,
+            plain(run.epochs),
             best_val.get(run.run_id),
             model,
-            Cell(run.mlflow_run_id or "", run.mlflow_run_id, f'<span class="mono">{esc(run.mlflow_run_id or "")}</span>'),
+            Cell(mlflow_run, mlflow_run, f'<span class="mono">{esc(mlflow_run)}</span>'),
             run.started_at,
             Cell(duration(took), took),
         ])  # fmt: skip
     blocks: list[Block] = [Facts(_facts(ctx)), _grid(ctx)]
-    failed = runs[runs["error"].notna() & (runs["error"] != "")]
+    failed = runs[[bool(plain(e)) for e in runs["error"]]]
     for run in failed.itertuples():
         blocks.append(Note(f"{ctx.label(run)}: {run.error}", muted=False))
     blocks.append(Table("runs", columns, rows, caption=f"{len(rows)} runs; click a header to sort"))

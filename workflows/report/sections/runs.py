@@ -22,6 +22,8 @@ from workflows.report.html import (
     Subsection,
     Table,
     badge,
+    missing,
+    plain,
 )
 from workflows.report.sections.early_exit import METHODS, method_cells, method_columns, target_cell
 from workflows.report.sections.overview import duration, seconds
@@ -29,9 +31,9 @@ from workflows.report.style import exit_name
 
 
 def _facts(ctx: ReportContext, run: Any) -> Facts:
-    version = run.model_version
-    model = f"{run.model_name} version {version}" if run.model_name and version else run.model_name
-    uri = f"models:/{run.model_name}/{version}" if run.model_name and version else None
+    name, version = plain(run.model_name), plain(run.model_version)
+    model = f"{name} version {version}" if name and version is not None else name
+    uri = f"models:/{name}/{version}" if name and version is not None else None
     cnn = ctx.cnn_of(run) if run.train_mode != "cnn" else None
     items: list[tuple[str, Any]] = [
         ("run id", run.run_id),
@@ -39,17 +41,17 @@ def _facts(ctx: ReportContext, run: Any) -> Facts:
         ("registered model", model),
         ("model URI", uri),
         ("status", run.status),
-        ("epochs", run.epochs),
-        ("width", run.width),
-        ("started (UTC)", str(run.started_at)[:19] if run.started_at is not None else None),
+        ("epochs", plain(run.epochs)),
+        ("width", plain(run.width)),
+        ("started (UTC)", None if missing(run.started_at) else str(run.started_at)[:19]),
         ("took", duration(seconds(run))),
-        ("exits", run.num_exits),
-        ("CNN FLOPs", f"{run.cnn_flops / 1e6:.1f}M" if run.cnn_flops else None),
+        ("exits", plain(run.num_exits)),
+        ("CNN FLOPs", f"{run.cnn_flops / 1e6:.1f}M" if plain(run.cnn_flops) else None),
         ("reference CNN", cnn.run_id if cnn is not None else None),
         ("predictions", run.parquet_path),
         ("code version", run.code_version),
     ]
-    if run.error:
+    if plain(run.error):
         items.append(("error", run.error))
     return Facts(items)
 
