@@ -88,12 +88,8 @@ class ReportContext:
     @cached_property
     def analysed(self) -> pd.DataFrame:
         """Runs in scope with stored per-exit results, in page order (architecture, mode)."""
-        done = self.runs[self.runs["run_id"].isin(set(self._exits_in_scope["run_id"]))]
+        done = self.runs[self.runs["run_id"].isin(set(self.exits["run_id"]))]
         return self.ordered(done)
-
-    @cached_property
-    def _exits_in_scope(self) -> pd.DataFrame:
-        return self.cat.exits(run_id=self.run_ids) if self.run_ids else self.runs.iloc[0:0]
 
     @cached_property
     def reference_cnns(self) -> pd.DataFrame:
