@@ -41,7 +41,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=10000)
     p.add_argument("--val-size", type=int, default=2000)
-    p.add_argument("--test-size", type=int, default=None, help="a stratified N of the test images (default all)")
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="a stratified N of the test images (default all)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
     args = p.parse_args()
