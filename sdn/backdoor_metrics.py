@@ -96,15 +96,7 @@ class BackdoorSummary:
 
 def select_rows(outputs: Outputs, mask: np.ndarray) -> Outputs:
     """The samples of ``outputs`` where ``mask`` is True (every field, in order)."""
-    mask = np.asarray(mask, dtype=bool)
-    return Outputs(
-        labels=outputs.labels[mask],
-        preds=outputs.preds[mask],
-        confidences=outputs.confidences[mask],
-        confusion=outputs.confusion[mask],
-        logits=None if outputs.logits is None else outputs.logits[mask],
-        sample_index=None if outputs.sample_index is None else outputs.sample_index[mask],
-    )
+    return outputs.subset(np.asarray(mask, dtype=bool))
 
 
 def non_target(outputs: Outputs, target: int) -> Outputs:
