@@ -80,7 +80,7 @@ class Outputs:
             entropies=np.concatenate([p.entropies for p in parts]) if keep_entropies else None,
         )
 
-    def subset(self, rows: np.ndarray) -> Outputs:
+    def subset(self, rows: np.ndarray | slice) -> Outputs:
         """The samples at positions (or mask) ``rows``."""
         return Outputs(
             labels=self.labels[rows],

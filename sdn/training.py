@@ -36,6 +36,7 @@ from torch import nn
 from sdn.data import BatchIterator, DataSplits, ImageSet, check_dataset_name, load_dataset
 from sdn.errors import CheckpointError, SDNError, TrainingDiverged, choice_error
 from sdn.models import ARCHITECTURES, SDN, build_cnn, build_model, build_sdn, model_outputs
+from sdn.models.weight_init import DEFAULT_INIT, INITS, init_weights_
 
 MODES: tuple[str, ...] = ("cnn", "ic_only", "sdn")
 CHECKPOINT_FORMAT = 1
@@ -89,6 +90,9 @@ class TrainConfig:
     channels_last: bool = True
     amp: bool = True  # bf16 autocast, used on CUDA only
     data_root: str | None = None
+    # Weight init of what is built fresh: the whole model (cnn, sdn) or the IC heads (ic_only).
+    # Configs saved before this field existed restore with the default (weights are loaded anyway).
+    init: str = DEFAULT_INIT
 
     def __post_init__(self) -> None:
         if self.milestones is not None and not isinstance(self.milestones, list | tuple):
@@ -175,6 +179,12 @@ class TrainConfig:
             "True or False",
         )
         _check(isinstance(self.amp, bool), "amp", self.amp, "True or False")
+        _check(
+            isinstance(self.init, str) and self.init in INITS,
+            "init",
+            self.init,
+            " or ".join(repr(i) for i in INITS),
+        )
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in from the spec.
@@ -422,11 +432,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         info = self.splits.info
         if cfg.mode == "cnn":
-            model: nn.Module = build_cnn(cfg.arch, info.num_classes, info.image_size, cfg.width)
+            model: nn.Module = build_cnn(
+                cfg.arch, info.num_classes, info.image_size, cfg.width, init=cfg.init
+            )
         elif cfg.mode == "sdn":
-            model = build_sdn(cfg.arch, info.num_classes, info.image_size, cfg.width)
+            model = build_sdn(cfg.arch, info.num_classes, info.image_size, cfg.width, init=cfg.init)
         else:
             model = SDN.from_cnn(self._load_init_cnn(Path(init_checkpoint)))  # type: ignore[arg-type]
+            init_weights_(model.ics, cfg.init)  # the loaded backbone keeps its trained weights
         self._attach(model)
 
     # -- construction -----------------------------------------------------------------------

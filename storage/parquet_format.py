@@ -75,16 +75,7 @@ def chunks(part: Outputs) -> Iterator[Outputs]:
         yield part
         return
     for start in range(0, n, _CHUNK_SAMPLES):
-        s = slice(start, start + _CHUNK_SAMPLES)
-        yield Outputs(
-            labels=part.labels[s],
-            preds=part.preds[s],
-            confidences=part.confidences[s],
-            confusion=part.confusion[s],
-            logits=None if part.logits is None else part.logits[s],
-            sample_index=part.sample_index[s],
-            entropies=None if part.entropies is None else part.entropies[s],
-        )
+        yield part.subset(slice(start, start + _CHUNK_SAMPLES))
 
 
 def _key_arrays(run_id: str, split: str, part: Outputs) -> list[pa.Array]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from sdn.models.backbone import CNN, check_cnn_args, scale_channels
+from sdn.models.weight_init import DEFAULT_INIT, check_init, init_weights_
 
 STEM_CHANNELS = 32
 # (output channels, stride), blocks 1..13
@@ -49,8 +50,15 @@ class MobileNetV1(CNN):
 
     DEFAULT_IC_POSITIONS = (2, 4, 6, 8, 11)  # after blocks 3, 5, 7, 9, 12 (1-based)
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        width: float = 1.0,
+        init: str = DEFAULT_INIT,
+    ) -> None:
         num_classes, image_size, width = check_cnn_args(num_classes, image_size, width)
+        init = check_init(init)
         stem_channels = scale_channels(STEM_CHANNELS, width)
         stem = nn.Sequential(
             nn.Conv2d(3, stem_channels, 3, 1, padding=1, bias=False),
@@ -74,5 +82,7 @@ class MobileNetV1(CNN):
             "num_classes": num_classes,
             "image_size": image_size,
             "width": width,
+            "init": init,
         }
         super().__init__(stem, blocks, head, config)
+        init_weights_(self, init)

@@ -14,6 +14,7 @@ from sdn.models.mobilenet import MobileNetV1
 from sdn.models.resnet import ResNet56
 from sdn.models.sdn import SDN
 from sdn.models.vgg import VGG16
+from sdn.models.weight_init import DEFAULT_INIT, check_init, init_weights_
 from sdn.models.wrn import WRN32_4
 
 # Iterating gives the names; each class carries its paper IC positions (DEFAULT_IC_POSITIONS).
@@ -25,17 +26,29 @@ ARCHITECTURES: dict[str, type[CNN]] = {
 }
 
 MODEL_KINDS = ("cnn", "sdn")
+# ``init`` is optional: configs stored before it existed lack it and build with DEFAULT_INIT (their
+# weights are always loaded over the fresh ones, so the scheme does not matter for them).
 _CONFIG_KEYS = {
-    "cnn": {"kind", "arch", "num_classes", "image_size", "width"},
-    "sdn": {"kind", "arch", "num_classes", "image_size", "width", "ic_positions"},
+    "cnn": {"kind", "arch", "num_classes", "image_size", "width", "init"},
+    "sdn": {"kind", "arch", "num_classes", "image_size", "width", "init", "ic_positions"},
 }
 
 
-def build_cnn(arch: str, num_classes: int, image_size: int = 32, width: float = 1.0) -> CNN:
-    """A freshly initialised backbone CNN of architecture ``arch``."""
+def build_cnn(
+    arch: str,
+    num_classes: int,
+    image_size: int = 32,
+    width: float = 1.0,
+    init: str = DEFAULT_INIT,
+) -> CNN:
+    """A freshly initialised backbone CNN of architecture ``arch``.
+
+    ``init`` is ``"reference"`` (the paper code's scheme, the default) or ``"pytorch"`` (each
+    layer's own default); see ``sdn.models.weight_init``.
+    """
     if arch not in ARCHITECTURES:
         raise choice_error("architecture", arch, ARCHITECTURES)
-    return ARCHITECTURES[arch](num_classes, image_size, width)
+    return ARCHITECTURES[arch](num_classes, image_size, width, init)
 
 
 def build_sdn(
@@ -44,9 +57,16 @@ def build_sdn(
     image_size: int = 32,
     width: float = 1.0,
     ic_positions: Sequence[int] | None = None,
+    init: str = DEFAULT_INIT,
 ) -> SDN:
-    """A freshly initialised SDN; ``ic_positions`` (0-based blocks) default to the paper's."""
-    return SDN(build_cnn(arch, num_classes, image_size, width), ic_positions)
+    """A freshly initialised SDN; ``ic_positions`` (0-based blocks) default to the paper's.
+
+    ``init`` applies to the backbone and to the IC heads alike.
+    """
+    init = check_init(init)
+    model = SDN(build_cnn(arch, num_classes, image_size, width, init), ic_positions)
+    init_weights_(model.ics, init)
+    return model
 
 
 def build_model(config: Mapping[str, Any]) -> CNN | SDN:
@@ -69,6 +89,7 @@ def build_model(config: Mapping[str, Any]) -> CNN | SDN:
         "num_classes": config["num_classes"],
         "image_size": config.get("image_size", 32),
         "width": config.get("width", 1.0),
+        "init": config.get("init", DEFAULT_INIT),
     }
     if kind == "cnn":
         return build_cnn(**args)

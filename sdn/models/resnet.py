@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sdn.models.backbone import CNN, check_cnn_args, scale_channels
+from sdn.models.weight_init import DEFAULT_INIT, check_init, init_weights_
 
 STAGE_CHANNELS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -50,8 +51,15 @@ class ResNet56(CNN):
 
     DEFAULT_IC_POSITIONS = (3, 7, 11, 15, 19, 23)  # after blocks 4, 8, ..., 24 of 27 (1-based)
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        width: float = 1.0,
+        init: str = DEFAULT_INIT,
+    ) -> None:
         num_classes, image_size, width = check_cnn_args(num_classes, image_size, width)
+        init = check_init(init)
         stem_channels = scale_channels(STAGE_CHANNELS[0], width)
         stem = nn.Sequential(
             nn.Conv2d(3, stem_channels, 3, stride=image_size // 32, padding=1, bias=False),
@@ -74,5 +82,7 @@ class ResNet56(CNN):
             "num_classes": num_classes,
             "image_size": image_size,
             "width": width,
+            "init": init,
         }
         super().__init__(stem, blocks, head, config)
+        init_weights_(self, init)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from sdn.models.backbone import CNN, check_cnn_args, scale_channels
+from sdn.models.weight_init import DEFAULT_INIT, check_init, init_weights_
 
 # (output channels, whether a 2x2 max-pool closes the block), blocks 1..13
 VGG16_BLOCKS: tuple[tuple[int, bool], ...] = (
@@ -52,8 +53,15 @@ class VGG16(CNN):
 
     DEFAULT_IC_POSITIONS = (1, 3, 5, 6, 8, 9)  # after blocks 2, 4, 6, 7, 9, 10 (1-based)
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        width: float = 1.0,
+        init: str = DEFAULT_INIT,
+    ) -> None:
         num_classes, image_size, width = check_cnn_args(num_classes, image_size, width)
+        init = check_init(init)
         blocks: list[nn.Module] = []
         in_channels = 3
         for channels, pool in VGG16_BLOCKS:
@@ -79,5 +87,7 @@ class VGG16(CNN):
             "num_classes": num_classes,
             "image_size": image_size,
             "width": width,
+            "init": init,
         }
         super().__init__(nn.Identity(), blocks, head, config)
+        init_weights_(self, init)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sdn.models.backbone import CNN, check_cnn_args, scale_channels
+from sdn.models.weight_init import DEFAULT_INIT, check_init, init_weights_
 
 STEM_CHANNELS = 16
 STAGE_CHANNELS = (64, 128, 256)
@@ -47,8 +48,15 @@ class WRN32_4(CNN):
 
     DEFAULT_IC_POSITIONS = (2, 4, 6, 8, 10, 12)  # after blocks 3, 5, ..., 13 of 15 (1-based)
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        width: float = 1.0,
+        init: str = DEFAULT_INIT,
+    ) -> None:
         num_classes, image_size, width = check_cnn_args(num_classes, image_size, width)
+        init = check_init(init)
         stem_channels = scale_channels(STEM_CHANNELS, width)
         stem = nn.Conv2d(3, stem_channels, 3, stride=image_size // 32, padding=1, bias=True)
         blocks: list[nn.Module] = []
@@ -71,5 +79,7 @@ class WRN32_4(CNN):
             "num_classes": num_classes,
             "image_size": image_size,
             "width": width,
+            "init": init,
         }
         super().__init__(stem, blocks, head, config)
+        init_weights_(self, init)

@@ -20,6 +20,7 @@ from storage.catalogue.models import (
     Run,
     Sweep,
 )
+from storage.catalogue.readonly import sql_conditions
 from storage.errors import StorageError
 
 RUN_FILTERS = {
@@ -167,7 +168,7 @@ def best_early_exit(
     drop - validation drop).
     """
     target = _target(max_accuracy_drop, cost_budget)
-    terms, params = _sql_conditions(filters)
+    terms, params = sql_conditions(filters)
     return early_exit.best_early_exit(conn, target, policy, delta, split, per_run, terms, params)
 
 
@@ -198,39 +199,3 @@ def calibration(conn: Connection, **filters: Any) -> pd.DataFrame:
         .order_by(Run.run_id, ExitResult.split, ExitResult.exit_index)
     )
     return frame(conn, statement)
-
-
-# The same filters for hand-written SQL over ``runs AS r``; values are bound as :f<n>.
-_SQL_FILTER_COLUMNS = {
-    "arch": "r.arch",
-    "dataset": "r.dataset",
-    "mode": "r.train_mode",
-    "seed": "r.seed",
-    "status": "r.status",
-    "run_id": "r.run_id",
-    "sweep": "r.sweep_id IN (SELECT id FROM sweeps WHERE name IN ({}))",
-}
-
-
-def _sql_conditions(filters: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Per filter name, a condition over ``runs AS r``; and the values they bind."""
-    terms: dict[str, str] = {}
-    params: dict[str, Any] = {}
-    for name, value in filters.items():
-        if name not in _SQL_FILTER_COLUMNS:
-            raise StorageError(
-                f"unknown filter {name!r}; choose among: {', '.join(sorted(RUN_FILTERS))}"
-            )
-        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        names = []
-        for v in values:
-            key = f"f{len(params)}"
-            params[key] = v
-            names.append(f":{key}")
-        column = _SQL_FILTER_COLUMNS[name]
-        placeholders = ", ".join(names)
-        if "{}" in column:
-            terms[name] = column.format(placeholders)
-        else:
-            terms[name] = f"{column} IN ({placeholders})"
-    return terms, params
