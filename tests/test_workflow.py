@@ -31,7 +31,7 @@ grid: {{architectures: [resnet56, mobilenet], datasets: [digits], modes: [cnn, i
 training: {{epochs: 1, batch_size: 32, width: 0.125, train_subset: 96, val_size: 40, milestones: []}}
 resources: {{cpus_per_trial: 1, max_concurrent_trials: 2}}
 checkpoint: {{every_epochs: 1, max_failures: 1}}
-analysis: {{batch_size: 128, max_accuracy_drops: [0.01], cost_budgets: [0.5]}}
+analysis: {{batch_size: 128, max_accuracy_drops: [0.01], cost_budgets: [0.5], thresholds: [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0]}}
 storage: {{home: "{home}"}}
 """
 
@@ -103,6 +103,20 @@ def test_catalogue_is_complete(swept):
         )
         assert len(exits) == expected
         assert len(cat.overthinking(sweep=spec.name)) == 6
+        # The sweep's own confidence grid (analysis.thresholds) is what was stored and chosen among.
+        grid = sorted(spec.analysis.thresholds)
+        stored = cat.sql(
+            "SELECT r.run_id, p.split, group_concat(p.threshold) AS q FROM early_exit_points p "
+            "JOIN runs r ON r.id = p.run_pk WHERE p.policy = 'confidence' "
+            "GROUP BY r.run_id, p.split"
+        )
+        assert len(stored) == 12
+        assert all(sorted(map(float, q.split(","))) == grid for q in stored.q)
+        chosen = cat.sql(
+            "SELECT threshold FROM early_exit_choices WHERE policy = 'confidence' "
+            "AND method = 'empirical'"
+        )
+        assert all(q is None or q != q or q in grid for q in chosen.threshold)
         assert not cat.best_early_exit(max_accuracy_drop=0.5, sweep=spec.name, per_run=True).empty
 
 
