@@ -65,8 +65,7 @@ def confidence_and_confusion(ctx: Any, run: Any, over: Any, outputs: Any) -> Any
     left.set_title("confusion" + (f" · AUROC {auroc:.2f}" if auroc is not None else ""),
                    loc="left")  # fmt: skip
     confidence = np.asarray(outputs.confidences, float)[:, -1]
-    low = min(0.0, float(np.nanmin(confidence))) if confidence.size else 0.0
-    _hist_right_wrong(right_ax, confidence, right, np.linspace(low, 1.0, 26), colour)
+    _hist_right_wrong(right_ax, confidence, right, np.linspace(0.0, 1.0, 26), colour)
     auroc = _finite(over.max_softmax_auroc)
     right_ax.set_xlabel("final head's confidence (max softmax)")
     right_ax.set_title("confidence" + (f" · AUROC {auroc:.2f}" if auroc is not None else ""),
