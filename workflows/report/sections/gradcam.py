@@ -97,7 +97,8 @@ def gradcam_section(ctx: ReportContext) -> list[Block] | None:
             fig, f"{folder_of(run)}/gradcam.png", f"Grad-CAM maps of {run.run_id}",
             "Each row: a destructive test sample (position in the test split: label), where the "
             "first IC that gets it right looks, and where the final head looks; each map explains "
-            "that exit's own answer (title: answer and confidence), bright = more. Maps are taken "
+            "that exit's own answer (title: answer and confidence), bright = more; a map with no "
+            "positive evidence for that answer stays dark. Maps are taken "
             "at the output of the block feeding the exit (blocks counted from 1), or of the "
             "deepest earlier block with at least 4x4 positions when that one is smaller.",
         ))  # fmt: skip
