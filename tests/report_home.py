@@ -1,6 +1,8 @@
 """A home shaped like the quickstart's, for the report tests: the 12-run catalogue of
 ``bench/quickstart_catalogue.py`` and, for each run, test predictions in Parquet (what the
-confusion histograms read), built in a few seconds without training anything."""
+confusion histograms and the per-sample sections read), built in a few seconds without training
+anything. The predictions carry the real labels of the digits test split (right and wrong
+answers shifted with them), so the sample figures find their images."""
 
 from __future__ import annotations
 
@@ -17,12 +19,21 @@ def build_home(home: Path) -> Path:
 
     home.mkdir(parents=True, exist_ok=True)
     build(home / "catalogue.db")
+    from sdn.data import load_dataset
+    from sdn.results import Outputs
+
+    labels = load_dataset("digits").test.labels.numpy()
     store = PredictionStore(home / "predictions")
     rng = np.random.default_rng(7)
     for arch, exits in ARCHS.items():
         for mode in MODES:
             run_id = f"{SWEEP}.{arch}.digits.{mode}.s0"
-            outputs = _outputs(359, 1 if mode == "cnn" else exits, rng, 0.93)
+            made = _outputs(len(labels), 1 if mode == "cnn" else exits, rng, 0.93)
+            shift = (labels - made.labels)[:, None]  # every answer moves with its label
+            outputs = Outputs(
+                labels=labels, preds=(made.preds + shift) % 10, confidences=made.confidences,
+                confusion=made.confusion, entropies=made.entropies,
+            )  # fmt: skip
             store.write(RunKey(run_id, arch, "digits", mode), "test", outputs)
     return home
 

@@ -407,6 +407,13 @@ def test_cli_report_writes_pngs(cli, swept, tmp_path):
     assert (
         "accuracy_vs_cost.png" in pngs and "confusion.png" in pngs and "first_correct.png" in pngs
     )
+    # The per-sample sections on real models: Grad-CAM from each registered ic_only / sdn model
+    # (4 runs; the two sections name the same samples), and those models' predictions on them
+    # are the stored ones.
+    for name in ("confidence_confusion.png", "simple_complex.png", "gradcam.png"):
+        assert pngs.count(name) == 4, name
+    page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    assert "differ from the stored ones" not in page and "cannot be loaded" not in page
     spec, _ = swept
     from mlflow import MlflowClient
 

@@ -1006,12 +1006,18 @@ def report(
     predictions: PredictionsOpt = None,
     tracking_uri: TrackingOpt = None,
     log_to_mlflow: Annotated[
-        bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow.")
+        bool,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            help="Also log the report to MLflow, and read the registered models for the "
+            "Grad-CAM maps (--no-mlflow: MLflow is not touched, Grad-CAM is left out).",
+        ),
     ] = True,
 ) -> None:
     """A self-contained HTML report of a sweep (or one run): FOLDER/index.html opens from disk
     with no server or network. Overview, per-exit accuracy, accuracy vs cost with the chosen
     points, early-exit choices per policy (empirical and certified), calibration, overthinking,
+    confidence vs confusion, simple/complex and destructive test samples with Grad-CAM maps,
     and each run's part with its MLflow run and registered model; the figures are also PNG files
     beside it. The folder is replaced only once the new report is complete; it is also logged to
     the sweep's MLflow run (artifact report/)."""

@@ -6,9 +6,11 @@ files beside it. ``make_report`` writes into the folder it is given; the CLI han
 temporary folder that replaces the previous report only once the new one is complete
 (``workflows.atomic``), then logs it to the sweep's MLflow run as the artifact ``report/``.
 
-Every number comes from the catalogue as stored (and the Parquet predictions for the confusion
-histograms): the chosen operating points are the rows of ``early_exit_choices`` that
-``sdn catalogue early-exit`` shows, thresholds and statuses are written by ``sdn.early_exit``.
+Every number comes from the catalogue as stored (and the Parquet predictions for the histograms
+and the per-sample figures, whose images come from the run's data set and Grad-CAM maps from its
+registered model: ``workflows.report.samples``): the chosen operating points are the rows of
+``early_exit_choices`` that ``sdn catalogue early-exit`` shows, thresholds and statuses are
+written by ``sdn.early_exit``.
 
 Sections
 --------
@@ -31,10 +33,14 @@ nothing else changes)::
 stored results (``exits``, ``curves``, ``choices``, ``calibration``, ``overthinking``,
 ``outputs(run_id)`` from Parquet), the colours and labels every figure uses, and
 ``ctx.figure(fig, "name.png", alt, caption)`` to embed a matplotlib figure (saved as a PNG in
-the folder too). Blocks (``workflows.report.html``): ``Table`` (sortable; cells formatted by the
-CLI's formatter kinds), ``Figure``/``Figures``, ``Facts``, ``Note``, ``Subsection``, ``Html``.
+the folder too), ``ctx.tracking_uri`` (None: do not touch MLflow) and ``ctx.shared``, where
+sections keep what they load once per report (``workflows.report.samples`` keeps the test
+images and registered models there). Blocks (``workflows.report.html``): ``Table`` (sortable;
+cells formatted by the CLI's formatter kinds), ``Figure``/``Figures``, ``Facts``, ``Note``,
+``Subsection``, ``Html``.
 ``order`` places the section (built-in: 10 overview, 20 per-exit accuracy, 30 early exit,
-40 calibration, 50 overthinking, 90 runs). A section that raises fails the whole report (the
+40 calibration, 50 overthinking, 52 confidence vs confusion, 54 simple and complex samples,
+56 destructive samples, 58 Grad-CAM, 90 runs). A section that raises fails the whole report (the
 previous one stays in place), so a bug is seen rather than hidden.
 """
 

@@ -15,9 +15,14 @@ from workflows.report.registry import registered
 
 
 def load_context(
-    cat: Any, target: str, folder: Path, predictions_root: Path | None
+    cat: Any,
+    target: str,
+    folder: Path,
+    predictions_root: Path | None,
+    tracking_uri: str | None = None,
 ) -> ReportContext:
-    """The report's scope: the run ``target`` names, else the sweep's runs."""
+    """The report's scope: the run ``target`` names, else the sweep's runs. ``tracking_uri``
+    lets sections read registered models (None: no section touches MLflow)."""
     runs = cat.runs(run_id=target)
     kind = "run"
     if runs.empty:
@@ -27,7 +32,9 @@ def load_context(
             f"no run or sweep named {target!r} in the catalogue; see `sdn sweep list` / "
             "`sdn catalogue runs`"
         )
-    ctx = ReportContext(cat, target, kind, runs, Path(folder), predictions_root)
+    ctx = ReportContext(
+        cat, target, kind, runs, Path(folder), predictions_root, tracking_uri=tracking_uri
+    )
     if ctx.analysed.empty:
         what = f"sweep {target!r} has" if kind == "sweep" else f"run {target!r} has"
         raise SDNError(f"{what} no analysed runs yet; `sdn sweep status` shows why")
@@ -63,13 +70,15 @@ def make_report(
 ) -> Written:
     """Write the report of the run or sweep ``target`` into ``folder`` (``index.html`` and the
     figures as PNG files); log the folder to the sweep's (or the run's) MLflow run when a
-    tracking URI is given. Returns the files written, ``index.html`` first, and the MLflow run it
-    was logged to (``logged_to``). ``sections`` keeps only those section keys."""
+    tracking URI is given, which the Grad-CAM section also reads the registered models from
+    (without one it says so, and MLflow is not touched). Returns the files written,
+    ``index.html`` first, and the MLflow run it was logged to (``logged_to``). ``sections``
+    keeps only those section keys."""
     from workflows.version import code_version
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ctx = load_context(cat, target, folder, predictions_root)
+    ctx = load_context(cat, target, folder, predictions_root, tracking_uri)
     rendered = render_sections(ctx, sections)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"SDN sweep {target}" if ctx.kind == "sweep" else f"SDN run {target}"
@@ -79,7 +88,7 @@ def make_report(
     )
     footer = (
         f"sdn-workflows {esc(code_version())} · numbers from the catalogue (and the Parquet "
-        "predictions for the confusion histograms) · <code>sdn report "
+        "predictions for the histograms and the test samples) · <code>sdn report "
         f"{esc(target)}</code> rebuilds this page"
     )
     index = folder / "index.html"

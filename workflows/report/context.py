@@ -2,8 +2,8 @@
 
 Numbers come from the catalogue as stored (the per-exit results, the early-exit curves and the
 chosen points in ``early_exit_choices``, the calibration bins, the overthinking summary), and
-from the Parquet predictions for the confusion histograms; nothing here recomputes a figure the
-catalogue holds. The chosen points are the same stored rows ``sdn catalogue early-exit`` reads.
+from the Parquet predictions for the histograms and per-sample figures; nothing here recomputes
+a figure the catalogue holds. The chosen points are the same stored rows ``sdn catalogue early-exit`` reads.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class ReportContext:
     folder: Path  # where the report is being written (a temporary folder until complete)
     predictions_root: Path | None = None
     files: list[Path] = field(default_factory=list)
+    # MLflow tracking URI for reading registered models (Grad-CAM); None: MLflow is not touched.
+    tracking_uri: str | None = None
+    # What sections load once and share (test images, registered models): see report/samples.py.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     # ---- runs
     @cached_property
