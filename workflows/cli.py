@@ -699,6 +699,76 @@ def _first_correct_shares(counts: Any) -> tuple[float | None, float | None]:
     return sum(counts[:-2]) / total, counts[-1] / total
 
 
+PoisonOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--poison", help="Poisoning tag, as `sdn catalogue runs --wide` shows (repeatable)."
+    ),
+]
+
+
+@catalogue_app.command("backdoor")
+@handled()
+def catalogue_backdoor(
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="One row per poisoned run: final head, destructive overthinking, confusion "
+            "vs max-softmax AUROC and early exit on triggered inputs.",
+        ),
+    ] = False,
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    seed: SeedOpt = None,
+    sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
+    allow_empty: AllowEmptyOpt = False,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
+) -> None:
+    """The backdoor experiment: per exit of every poisoned run, clean accuracy, accuracy on
+    triggered inputs (true labels) and attack success (triggered non-target inputs answered with
+    the target), on the test split and its triggered twin."""
+    from sdn.early_exit import format_threshold
+    from storage.catalogue.readonly import Rows
+
+    view = views.BACKDOOR_SUMMARY if summary else views.BACKDOOR
+    choice = choice_of(view, fmt, columns, wide)
+    with read_catalogue(where(home, catalogue)) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
+        rows = reader.backdoor_summaries(**filters) if summary else reader.backdoor(**filters)
+    if not summary and "exit_index" in rows.columns:
+        k, f = rows.columns.index("exit_index"), rows.columns.index("is_final")
+        rows = Rows(
+            [*rows.columns, "exit"], [(*r, "final" if r[f] else f"IC{r[k]}") for r in rows.rows]
+        )
+    if summary and choice.fmt is Format.table and "early_exit_threshold" in rows.columns:
+        t = rows.columns.index("early_exit_threshold")
+        a = rows.columns.index("early_exit_accuracy")
+        rows = Rows(  # "off": the stored choice lets the final head answer
+            rows.columns,
+            [
+                (*r[:t], format_threshold(r[t]) if r[a] is not None else None, *r[t + 1 :])
+                for r in rows.rows
+            ],
+        )
+    notes = ()
+    if summary:
+        notes = (
+            "EE: early exit on triggered inputs at the run's stored threshold, chosen on clean "
+            "val (target in EE target, --wide)",
+        )
+    show(rows, view, choice, notes)
+
+
 @catalogue_app.command("sql")
 @handled()
 def catalogue_sql(

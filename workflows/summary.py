@@ -1,6 +1,7 @@
 """The tables a finished sweep ends with, read back from the catalogue (so they show exactly what
 was recorded): per-exit test accuracy of every run, the early-exit operating points chosen on
-validation, and the overthinking figures."""
+validation, and the overthinking figures; for a sweep with poisoned cells, the backdoor table
+(per exit: clean accuracy, triggered accuracy, attack success, next to the clean twin's)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ def _pct(value: float | None) -> str:
     return "" if value is None or value != value else f"{100 * value:.1f}"
 
 
+def mode_label(mode: str, poison: str | None) -> str:
+    """``cnn``, or ``cnn (poisoned)`` for a model trained on poisoned data."""
+    return f"{mode} (poisoned)" if poison else mode
+
+
 def summary_target(spec: SweepSpec) -> Target:
     """The target the end-of-sweep table shows: a 1-point drop if the sweep stores it, else the
     sweep's first drop (so the table reads a stored choice, never one made up for display)."""
-    drops = spec.analysis.max_accuracy_drops
-    return Target("max_drop", 0.01 if 0.01 in drops else drops[0])
+    return spec.analysis.headline_target()
 
 
 def print_summary(spec: SweepSpec, outcome: SweepOutcome, console: Console) -> None:
@@ -32,8 +37,12 @@ def print_summary(spec: SweepSpec, outcome: SweepOutcome, console: Console) -> N
         exits = cat.exits(sweep=spec.name, split="test")
         points = cat.best_early_exit(max_accuracy_drop=target.value, per_run=True, sweep=spec.name)
         over = cat.overthinking(sweep=spec.name)
+        backdoor = cat.backdoor(sweep=spec.name) if spec.backdoor is not None else None
+        summaries = cat.backdoor_summaries(sweep=spec.name) if backdoor is not None else None
     console.print(exit_table(exits))
     console.print(early_exit_table(points, over, target))
+    if backdoor is not None:
+        console.print(backdoor_table(backdoor, exits, summaries))
     minutes = outcome.seconds / 60
     status = (
         "all cells done"
@@ -62,14 +71,21 @@ def exit_table(exits) -> Table:
     for k in range(width - 1):
         table.add_column(f"IC{k}", justify="right")
     table.add_column("final", justify="right")
-    for (arch, dataset, mode, seed), rows in exits.groupby(
-        ["arch", "dataset", "train_mode", "seed"], sort=True
+    for (arch, dataset, mode, seed, poison), rows in _with_poison(exits).groupby(
+        ["arch", "dataset", "train_mode", "seed", "poison"], sort=True
     ):
         accs = dict(zip(rows["exit_index"], rows["accuracy"], strict=True))
         final = float(rows.loc[rows["is_final"].astype(bool), "accuracy"].iloc[0])
         cells = [_pct(accs.get(k)) if k < len(accs) - 1 else "" for k in range(width - 1)]
-        table.add_row(arch, dataset, mode, str(seed), *cells, _pct(final))
+        table.add_row(arch, dataset, mode_label(mode, poison), str(seed), *cells, _pct(final))
     return table
+
+
+def _with_poison(frame):
+    """``frame`` with a ``poison`` column ('' = clean), for frames built without one."""
+    if "poison" not in frame.columns:
+        frame = frame.assign(poison="")
+    return frame.assign(poison=frame["poison"].fillna(""))
 
 
 def early_exit_table(points, over, target: Target) -> Table:
@@ -102,7 +118,7 @@ def early_exit_table(points, over, target: Target) -> Table:
         table.add_row(
             row.arch,
             row.dataset,
-            row.train_mode,
+            mode_label(row.train_mode, getattr(row, "poison", None)),
             str(row.seed),
             format_threshold(row.threshold, row.policy),
             _pct(row.accuracy),
@@ -117,3 +133,60 @@ def early_exit_table(points, over, target: Target) -> Table:
             else "",
         )
     return table
+
+
+def backdoor_table(backdoor, exits, summaries) -> Table:
+    """Per exit of every poisoned run: clean test accuracy, accuracy on triggered inputs (true
+    labels) and attack success; the clean twin's final test accuracy (same arch, data set, mode
+    and seed, trained on clean data) for comparison; and, per run, early exit on triggered inputs
+    at the run's stored threshold and the destructive fraction there."""
+    table = Table(
+        title="backdoor (test split, %): clean accuracy / triggered accuracy / attack success "
+        "per exit; triggered = non-target test images with the trigger"
+    )
+    width = int(backdoor["exit_index"].max()) + 1 if not backdoor.empty else 1
+    for col in ("arch", "dataset", "mode", "seed", "clean twin"):
+        table.add_column(col, justify="left" if col in ("arch", "dataset", "mode") else "right")
+    for k in range(width - 1):
+        table.add_column(f"IC{k}", justify="right")
+    for col in ("final", "destructive", "early exit (q): acc / attack / cost"):
+        table.add_column(col, justify="right")
+    clean = _with_poison(exits)
+    clean = clean[(clean["poison"] == "") & clean["is_final"].astype(bool)]
+    twins = {(r.arch, r.dataset, r.train_mode, r.seed): r.accuracy for r in clean.itertuples()}
+    by_run = {} if summaries is None else {r.run_id: r for r in summaries.itertuples()}
+    for (arch, dataset, mode, seed, run_id), rows in backdoor.groupby(
+        ["arch", "dataset", "train_mode", "seed", "run_id"], sort=True
+    ):
+        rows = rows.sort_values("exit_index")
+        cells = [
+            f"{_pct(r.clean_accuracy)} / {_pct(r.triggered_accuracy)} / {_pct(r.attack_success)}"
+            for r in rows.itertuples()
+        ]
+        ics, final = cells[:-1] + [""] * (width - len(cells)), cells[-1]
+        s = by_run.get(run_id)
+        early = ""
+        if s is not None and _nan_none(s.early_exit_accuracy) is not None:
+            early = (
+                f"({format_threshold(_nan_none(s.early_exit_threshold))}) "
+                f"{_pct(s.early_exit_accuracy)} / {_pct(s.early_exit_attack_success)} / "
+                f"{s.early_exit_relative_cost:.2f}"
+            )
+        # An ic_only's final head is its (poisoned) cnn's: both compare with the clean cnn.
+        twin = twins.get((arch, dataset, "cnn" if mode == "ic_only" else mode, seed))
+        table.add_row(
+            arch,
+            dataset,
+            f"{mode} (poisoned)",
+            str(seed),
+            _pct(twin),
+            *ics,
+            final,
+            "" if s is None else _pct(s.destructive_fraction),
+            early,
+        )
+    return table
+
+
+def _nan_none(value):
+    return None if value is None or value != value else value
