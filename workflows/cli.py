@@ -422,12 +422,20 @@ def sweep_validate(
         total += f" for {len(known)} of {len(cells)} cells (folder data not on disk)"
     paths = spec.storage_paths()
     at_once = spec.resources.max_concurrent_trials or "as many as fit"
+    modes = f"{len(grid.modes)} modes"
+    if spec.backdoor is not None:
+        modes = f"({modes} + {len(spec.backdoor.modes)} poisoned)"
     notes = (
         f"sweep {spec.name}: valid, {len(cells)} cells ({len(grid.architectures)} architectures x "
-        f"{len(grid.datasets)} data sets x {len(grid.modes)} modes x {len(grid.seeds)} seeds)",
+        f"{len(grid.datasets)} data sets x {modes} x {len(grid.seeds)} seeds)",
         f"order: {waves} wave(s); each ic_only cell starts once its own cnn cell is done",
         f"work = epochs x training images; in all {total}",
         f"trials at once: {at_once}, {spec.resources.cpus_per_trial:g} CPU each",
+        *(
+            [f"poisoned cells: {spec.backdoor.poison_config().tag} (run ids end with it)"]
+            if spec.backdoor is not None
+            else []
+        ),
         f"state would go to {paths.home} "
         f"({'exists' if paths.home.exists() else 'not created yet'}); nothing was written",
     )
@@ -763,8 +771,9 @@ def catalogue_backdoor(
     notes = ()
     if summary:
         notes = (
-            "EE: early exit on triggered inputs at the run's stored threshold, chosen on clean "
-            "val (target in EE target, --wide)",
+            "clean, attack: final head; destr.: destructive overthinking on triggered inputs",
+            "EE: early exit on triggered inputs at the threshold chosen on clean val (--wide)",
+            "AUC: telling triggered from clean inputs by confusion / by max softmax",
         )
     show(rows, view, choice, notes)
 

@@ -42,7 +42,8 @@ def print_summary(spec: SweepSpec, outcome: SweepOutcome, console: Console) -> N
     console.print(exit_table(exits))
     console.print(early_exit_table(points, over, target))
     if backdoor is not None:
-        console.print(backdoor_table(backdoor, exits, summaries))
+        for table in backdoor_tables(backdoor, exits, summaries):
+            console.print(table)
     minutes = outcome.seconds / 60
     status = (
         "all cells done"
@@ -135,57 +136,89 @@ def early_exit_table(points, over, target: Target) -> Table:
     return table
 
 
-def backdoor_table(backdoor, exits, summaries) -> Table:
-    """Per exit of every poisoned run: clean test accuracy, accuracy on triggered inputs (true
-    labels) and attack success; the clean twin's final test accuracy (same arch, data set, mode
-    and seed, trained on clean data) for comparison; and, per run, early exit on triggered inputs
-    at the run's stored threshold and the destructive fraction there."""
-    table = Table(
-        title="backdoor (test split, %): clean accuracy / triggered accuracy / attack success "
-        "per exit; triggered = non-target test images with the trigger"
+def backdoor_tables(backdoor, exits, summaries) -> list[Table]:
+    """Two tables for a sweep with poisoned cells.
+
+    Per exit of every poisoned run: clean test accuracy, accuracy on triggered inputs (true
+    labels) and attack success. Per poisoned run: its final head's clean accuracy next to the
+    clean twin's (same arch, data set and seed, trained on clean data: the clean cnn for a
+    poisoned cnn and for its ic_only, whose final head is that cnn's), attack success, the
+    destructive fraction on triggered inputs, early exit on them at the run's stored threshold,
+    and the two detection AUROCs.
+    """
+    per_exit = Table(
+        title="backdoor per exit (test split, %): triggered = the non-target test images with "
+        "the trigger; attack success = answered with the target"
     )
-    width = int(backdoor["exit_index"].max()) + 1 if not backdoor.empty else 1
-    for col in ("arch", "dataset", "mode", "seed", "clean twin"):
-        table.add_column(col, justify="left" if col in ("arch", "dataset", "mode") else "right")
-    for k in range(width - 1):
-        table.add_column(f"IC{k}", justify="right")
-    for col in ("final", "destructive", "early exit (q): acc / attack / cost"):
-        table.add_column(col, justify="right")
+    for col in ("arch", "dataset", "mode", "seed", "exit", "clean acc", "triggered acc", "attack"):
+        per_exit.add_column(col, justify="left" if col in ("arch", "dataset", "mode") else "right")
+    for row in backdoor.sort_values(
+        ["arch", "dataset", "train_mode", "seed", "run_id", "exit_index"]
+    ).itertuples():
+        per_exit.add_row(
+            row.arch,
+            row.dataset,
+            mode_label(row.train_mode, row.poison),
+            str(row.seed),
+            "final" if row.is_final else f"IC{row.exit_index}",
+            _pct(row.clean_accuracy),
+            _pct(row.triggered_accuracy),
+            _pct(row.attack_success),
+        )
+    per_run = Table(
+        title="backdoor per poisoned run (test split, %): clean accuracy vs the clean twin's; "
+        "attack success at the final head; destr. = destructive overthinking on triggered inputs; "
+        "EE = early exit on them at the threshold chosen on clean val; AUC: triggered vs clean"
+    )
+    for col in (
+        "arch",
+        "dataset",
+        "mode",
+        "seed",
+        "twin",
+        "clean",
+        "gap",
+        "attack",
+        "destr.",
+        "EE q",
+        "EE acc",
+        "EE att.",
+        "EE cost",
+        "conf. AUC",
+        "softmax AUC",
+    ):
+        per_run.add_column(col, justify="left" if col in ("arch", "dataset", "mode") else "right")
     clean = _with_poison(exits)
     clean = clean[(clean["poison"] == "") & clean["is_final"].astype(bool)]
     twins = {(r.arch, r.dataset, r.train_mode, r.seed): r.accuracy for r in clean.itertuples()}
-    by_run = {} if summaries is None else {r.run_id: r for r in summaries.itertuples()}
-    for (arch, dataset, mode, seed, run_id), rows in backdoor.groupby(
-        ["arch", "dataset", "train_mode", "seed", "run_id"], sort=True
-    ):
-        rows = rows.sort_values("exit_index")
-        cells = [
-            f"{_pct(r.clean_accuracy)} / {_pct(r.triggered_accuracy)} / {_pct(r.attack_success)}"
-            for r in rows.itertuples()
-        ]
-        ics, final = cells[:-1] + [""] * (width - len(cells)), cells[-1]
-        s = by_run.get(run_id)
-        early = ""
-        if s is not None and _nan_none(s.early_exit_accuracy) is not None:
-            early = (
-                f"({format_threshold(_nan_none(s.early_exit_threshold))}) "
-                f"{_pct(s.early_exit_accuracy)} / {_pct(s.early_exit_attack_success)} / "
-                f"{s.early_exit_relative_cost:.2f}"
-            )
-        # An ic_only's final head is its (poisoned) cnn's: both compare with the clean cnn.
-        twin = twins.get((arch, dataset, "cnn" if mode == "ic_only" else mode, seed))
-        table.add_row(
-            arch,
-            dataset,
-            f"{mode} (poisoned)",
-            str(seed),
-            _pct(twin),
-            *ics,
-            final,
-            "" if s is None else _pct(s.destructive_fraction),
-            early,
+    finals = backdoor[backdoor["is_final"].astype(bool)].set_index("run_id")
+    for s in summaries.sort_values(
+        ["arch", "dataset", "train_mode", "seed", "run_id"]
+    ).itertuples():
+        final = finals.loc[s.run_id]
+        twin = twins.get(
+            (s.arch, s.dataset, "cnn" if s.train_mode == "ic_only" else s.train_mode, s.seed)
         )
-    return table
+        gap = "" if twin is None else f"{100 * (final.clean_accuracy - twin):+.1f}"
+        early = _nan_none(s.early_exit_accuracy) is not None
+        per_run.add_row(
+            s.arch,
+            s.dataset,
+            s.train_mode,
+            str(s.seed),
+            _pct(twin),
+            _pct(final.clean_accuracy),
+            gap,
+            _pct(final.attack_success),
+            _pct(s.destructive_fraction),
+            format_threshold(_nan_none(s.early_exit_threshold)) if early else "",
+            _pct(s.early_exit_accuracy) if early else "",
+            _pct(s.early_exit_attack_success) if early else "",
+            f"{s.early_exit_relative_cost:.2f}" if early else "",
+            "" if _nan_none(s.confusion_auroc) is None else f"{s.confusion_auroc:.2f}",
+            "" if _nan_none(s.max_softmax_auroc) is None else f"{s.max_softmax_auroc:.2f}",
+        )
+    return [per_exit, per_run]
 
 
 def _nan_none(value):
