@@ -229,6 +229,12 @@ def test_cli_catalogue_backdoor(cli, swept):
     assert code == 2 and "not in the catalogue" in err and TAG in err
     code, out, _ = cli("catalogue", "runs", "--poison", TAG, "-f", "json")
     assert code == 0 and len(json.loads(out)) == 3
+    code, out, _ = cli(
+        "catalogue", "early-exit", "--mode", "cnn", "--max-drop", "0.5", "-f", "json"
+    )
+    assert code == 0 and sorted(r["poison"] for r in json.loads(out)) == ["", TAG]  # two groups
+    code, out, _ = cli("catalogue", "overthinking", "--poison", TAG, "-f", "json")
+    assert code == 0 and len(json.loads(out)) == 3
 
 
 def test_rebuild_restores_the_backdoor_tables(swept, tmp_path):
@@ -255,7 +261,7 @@ def test_end_of_sweep_summary_has_the_backdoor_table(swept):
     console = Console(record=True, width=250)
     print_summary(spec, outcome, console)
     text = console.export_text()
-    assert "backdoor per exit (test split, %)" in text and "backdoor per run" in text
+    assert "backdoor per exit" in text and "backdoor per poisoned run" in text
     rows = [line.split("│")[1:-1] for line in text.splitlines() if "(poisoned)" in line]
     rows = [[c.strip() for c in r] for r in rows if len(r) == 8]  # the per-exit table
     assert len(rows) == 1 + 7 + 7
@@ -266,3 +272,28 @@ def test_end_of_sweep_summary_has_the_backdoor_table(swept):
         f"{100 * v:.1f}"
         for v in (final.clean_accuracy, final.triggered_accuracy, final.attack_success)
     ]
+
+
+def test_relaunch_retrains_and_reanalyses_nothing(swept):
+    """Launching the same sweep again finds every poisoned cell done, with all four splits."""
+    spec, _ = swept
+    paths = spec.storage_paths()
+    store = PredictionStore(paths.predictions)
+    before = {
+        c.run_id: (
+            layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"],
+            sorted((p.name, p.stat().st_mtime_ns) for p in store.files_for_run(c.run_id)),
+        )
+        for c in spec.cells()
+    }
+    outcome = launch(spec, progress=False)
+    assert outcome.ok
+    after = {
+        c.run_id: (
+            layout.read_result(paths.tune, spec.name, c.run_id)["finished_at"],
+            sorted((p.name, p.stat().st_mtime_ns) for p in store.files_for_run(c.run_id)),
+        )
+        for c in spec.cells()
+    }
+    assert after == before
+    assert set(Registry(paths.mlflow_tracking_uri).list_models()["version"].astype(int)) == {1}

@@ -163,6 +163,12 @@ StatusOpt = Annotated[
     ),
 ]
 SweepOpt = Annotated[list[str] | None, typer.Option("--sweep", help="Sweep name (repeatable).")]
+PoisonOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--poison", help="Poisoning tag, as `sdn catalogue runs --wide` shows (repeatable)."
+    ),
+]
 
 
 # --- where things are -----------------------------------------------------------------------------
@@ -314,7 +320,10 @@ AddressOpt = Annotated[
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")]
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper."),
+    typer.Option(
+        "--preset",
+        help="A shipped preset: quickstart, cifar10-small, paper, backdoor-quick, backdoor.",
+    ),
 ]
 FileArg = Annotated[Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)]
 
@@ -491,6 +500,7 @@ def catalogue_runs(
     seed: SeedOpt = None,
     status: StatusOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -498,12 +508,13 @@ def catalogue_runs(
     columns: ColumnsOpt = None,
     wide: WideOpt = False,
 ) -> None:
-    """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep."""
+    """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep /
+    poisoning."""
     choice = choice_of(views.RUNS, fmt, columns, wide)
     with read_catalogue(where(home, catalogue)) as reader:
         filters = check_filters(
             reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed,
-            status=status, sweep=sweep,
+            status=status, sweep=sweep, poison=poison,
         )  # fmt: skip
         rows = reader.runs(**filters)
     show(rows, views.RUNS, choice)
@@ -520,6 +531,7 @@ def catalogue_exits(
     mode: ModeOpt = None,
     seed: SeedOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     split: SplitOpt = "test",
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
@@ -537,8 +549,9 @@ def catalogue_exits(
     w = where(home, catalogue)
     with read_catalogue(w) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
-        )
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
     with Catalogue(w.paths.catalogue, read_only=True) as cat:
         rows = Rows.from_frame(cat.exits(**filters, split=split))
     if "exit_index" in rows.columns:
@@ -600,6 +613,7 @@ def catalogue_early_exit(
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -607,8 +621,9 @@ def catalogue_early_exit(
     columns: ColumnsOpt = None,
     wide: WideOpt = False,
 ) -> None:
-    """Best early-exit operating point per (architecture, dataset, mode): threshold chosen on
-    validation (certified with --delta), accuracy and cost reported on test."""
+    """Best early-exit operating point per (architecture, dataset, mode; a poisoned model in a
+    group of its own): threshold chosen on validation (certified with --delta), accuracy and
+    cost reported on test."""
     from sdn.early_exit import Target, format_threshold
     from storage.catalogue.readonly import Rows
 
@@ -632,7 +647,7 @@ def catalogue_early_exit(
     policies = POLICIES if policy == "all" else (policy,)
     with read_catalogue(where(home, catalogue)) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep, poison=poison
         )
         parts = [
             reader.best_early_exit(
@@ -668,6 +683,7 @@ def catalogue_overthinking(
     mode: ModeOpt = None,
     seed: SeedOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -684,8 +700,9 @@ def catalogue_overthinking(
     w = where(home, catalogue)
     with read_catalogue(w) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
-        )
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
     with Catalogue(w.paths.catalogue, read_only=True) as cat:
         rows = Rows.from_frame(cat.overthinking(**filters))
     if "first_correct" in rows.columns:
@@ -705,14 +722,6 @@ def _first_correct_shares(counts: Any) -> tuple[float | None, float | None]:
         return None, None
     total = sum(counts)
     return sum(counts[:-2]) / total, counts[-1] / total
-
-
-PoisonOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--poison", help="Poisoning tag, as `sdn catalogue runs --wide` shows (repeatable)."
-    ),
-]
 
 
 @catalogue_app.command("backdoor")

@@ -77,11 +77,12 @@ def attack_success_figure(rows: Any) -> Figure:
             values = [100 * _nan(r[key]) for r in exits]
             ax.bar(x + (i - 1) * width, values, width, label=name, color=colour)
         ax.set_xticks(x, ["final" if r["is_final"] else f"IC{r['exit_index']}" for r in exits])
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 125)  # room for the legend above the bars
+        ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel("%")
         ax.set_title(_label(exits[0]), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="upper left", ncols=3)
+    axes[0, 0].legend(fontsize=7, loc="upper center", ncols=3, frameon=False)
     fig.suptitle("backdoor per exit, test split (triggered: non-target images)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -148,9 +149,10 @@ def early_exit_figure(summaries: Any) -> Figure:
         ],
         fontsize=7,
     )
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 130)  # room for the legend above the bars
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("% of triggered non-target test images")
-    ax.legend(fontsize=7, ncols=2)
+    ax.legend(fontsize=7, ncols=2, loc="upper center", frameon=False)
     ax.set_title(
         "triggered inputs: final head vs early exit (threshold from clean val)", fontsize=9
     )
