@@ -238,7 +238,9 @@ def check_filters(reader: Any, allow_empty: bool, **given: Any) -> dict[str, Any
             known = reader.known_values(name)
             missing = [v for v in values if v not in known]
             if missing:
-                held = ", ".join(map(str, known)) if known else "none yet"
+                # '' is a clean run's poisoning: shown so that it reads as a value.
+                shown = ["'' (clean)" if v == "" else str(v) for v in known]
+                held = ", ".join(shown) if known else "none yet"
                 raise SDNError(
                     f"{option} {', '.join(map(repr, missing))}: not in the catalogue; it holds: "
                     f"{held} (--allow-empty accepts an empty answer)"
