@@ -42,9 +42,14 @@ from sdn.results import Outputs
 
 @dataclass
 class TriggeredEarlyExit:
-    """Early exit at one threshold on the triggered split (non-target samples only)."""
+    """Early exit at one threshold on the triggered split (non-target samples only).
 
-    threshold: float
+    ``threshold`` None means early exit off (the final head answers every sample): the operating
+    point chosen on clean validation may be "off" when no IC is accurate enough. ``chosen_for``
+    names the target that threshold was chosen for (``max_drop=0.01``), when the caller knows it.
+    """
+
+    threshold: float | None
     fallback: str
     accuracy: float  # against the true labels
     attack_success: float  # share answered with the target
@@ -52,9 +57,14 @@ class TriggeredEarlyExit:
     relative_cost: float | None  # average cost / plain CNN, when costs were given
     clean_accuracy: float  # the clean split's accuracy at the same threshold
     clean_relative_cost: float | None
+    chosen_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TriggeredEarlyExit:
+        return TriggeredEarlyExit(**{**d, "exit_counts": [int(c) for c in d["exit_counts"]]})
 
 
 @dataclass
@@ -79,6 +89,17 @@ class BackdoorSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> BackdoorSummary:
+        """Inverse of :meth:`to_dict` (what a run's ``summary.json`` carries)."""
+        early = d.get("early_exit")
+        return BackdoorSummary(
+            **{
+                **d,
+                "early_exit": None if early is None else TriggeredEarlyExit.from_dict(early),
+            }
+        )
 
     def per_exit_rows(self) -> list[dict[str, Any]]:
         """One dict per exit (``exit``, the four per-exit figures): a table's rows."""
@@ -157,11 +178,13 @@ def triggered_early_exit(
     clean: Outputs,
     triggered: Outputs,
     target: int,
-    threshold: float,
+    threshold: float | None,
     relative_costs: Sequence[float] | np.ndarray | None = None,
     fallback: str = "final",
+    chosen_for: str | None = None,
 ) -> TriggeredEarlyExit:
-    """Early exit at ``threshold`` on the triggered non-target samples and on the clean split."""
+    """Early exit at ``threshold`` (None: off, the final head answers) on the triggered
+    non-target samples and on the clean split."""
     kept = non_target(triggered, target)
     if kept.num_samples == 0 or clean.num_samples == 0:
         raise SDNError("early exit on the backdoor splits needs clean and triggered samples")
@@ -171,7 +194,7 @@ def triggered_early_exit(
     preds, exit_idx = offline_early_exit(kept, threshold, fallback)
     clean_preds, clean_exit = offline_early_exit(clean, threshold, fallback)
     return TriggeredEarlyExit(
-        threshold=float(threshold),
+        threshold=None if threshold is None else float(threshold),
         fallback=fallback,
         accuracy=float((preds == kept.labels).mean()),
         attack_success=float((preds == target).mean()),
@@ -179,6 +202,7 @@ def triggered_early_exit(
         relative_cost=_cost(exit_idx, costs, kept.num_exits),
         clean_accuracy=float((clean_preds == clean.labels).mean()),
         clean_relative_cost=_cost(clean_exit, costs, clean.num_exits),
+        chosen_for=chosen_for,
     )
 
 
@@ -190,12 +214,17 @@ def backdoor_summary(
     threshold: float | None = None,
     relative_costs: Sequence[float] | np.ndarray | None = None,
     fallback: str = "final",
+    early_exit: bool | None = None,
+    chosen_for: str | None = None,
 ) -> BackdoorSummary:
     """Every backdoor figure of one model from its clean and triggered outputs (same split kind:
     ``test`` with ``test_triggered``, or ``val`` with ``val_triggered``).
 
     ``threshold`` (chosen on the clean validation split) adds the early-exit figures;
-    ``relative_costs`` (one cumulative cost per exit) adds their average cost.
+    ``relative_costs`` (one cumulative cost per exit) adds their average cost. ``early_exit``
+    (default: whether a threshold is given) asks for them explicitly, so that a chosen point that
+    is "off" (``threshold=None``: the final head answers) is reported as such; ``chosen_for``
+    names the target the threshold was chosen for.
     """
     if clean.num_exits != triggered.num_exits:
         raise SDNError(
@@ -215,8 +244,12 @@ def backdoor_summary(
     destroyed = ~correct[:, -1] & correct[:, :-1].any(axis=1)
     confusion_auroc, softmax_auroc = detection_auroc(clean_other, kept)
     early = None
-    if threshold is not None:
-        early = triggered_early_exit(clean, kept, target, threshold, relative_costs, fallback)
+    if early_exit is None:
+        early_exit = threshold is not None
+    if early_exit:
+        early = triggered_early_exit(
+            clean, kept, target, threshold, relative_costs, fallback, chosen_for
+        )
     return BackdoorSummary(
         target=int(target),
         num_exits=kept.num_exits,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from sdn.backdoor_metrics import BackdoorSummary
     from sdn.early_exit import Choice, Frontier
 
 
@@ -165,6 +166,8 @@ class RunSummary:
     ``operating_points`` are the early-exit curves on each policy's fixed grid (val and test);
     ``frontiers`` the exact validation frontier per policy, from which ``choices`` (the operating
     points for the sweep's targets, empirical and certified) were chosen by ``sdn.early_exit``.
+    ``backdoor`` (poisoned runs only) holds the backdoor figures on ``test`` / ``test_triggered``
+    (``sdn.backdoor_metrics``); every other field is computed on the clean splits, as for any run.
     """
 
     num_exits: int
@@ -176,6 +179,7 @@ class RunSummary:
     frontiers: list[Frontier] = field(default_factory=list)
     choices: list[Choice] = field(default_factory=list)
     calibration: list[ExitCalibration] = field(default_factory=list)
+    backdoor: BackdoorSummary | None = None
 
     @property
     def relative_costs(self) -> list[float]:
@@ -193,12 +197,15 @@ class RunSummary:
             "frontiers": [f.to_dict() for f in self.frontiers],
             "choices": [c.to_dict() for c in self.choices],
             "calibration": [c.to_dict() for c in self.calibration],
+            "backdoor": None if self.backdoor is None else self.backdoor.to_dict(),
         }
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> RunSummary:
         """Also reads summaries written before policies and frontiers existed: their curve points
-        become confidence curves and their chosen points empirical choices (no frontier)."""
+        become confidence curves and their chosen points empirical choices (no frontier); and
+        those written before backdoor figures existed (``backdoor`` None)."""
+        from sdn.backdoor_metrics import BackdoorSummary
         from sdn.early_exit import Choice, Frontier
 
         ot = d.get("overthinking")
@@ -220,6 +227,7 @@ class RunSummary:
             frontiers=[Frontier.from_dict(f) for f in d.get("frontiers", [])],
             choices=choices,
             calibration=[ExitCalibration(**c) for c in d.get("calibration", [])],
+            backdoor=BackdoorSummary.from_dict(d["backdoor"]) if d.get("backdoor") else None,
         )
 
 

@@ -54,17 +54,24 @@ def sanitise_dataset(dataset: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else digest
 
 
-def registered_model_name(arch: str, dataset: str, mode: str) -> str:
-    """``sdn-<arch>-<dataset>-<mode>``, the one registered model per study cell family.
+def registered_model_name(arch: str, dataset: str, mode: str, poison: str | None = None) -> str:
+    """``sdn-<arch>-<dataset>-<mode>``, the one registered model per study cell family; a model
+    trained on poisoned data (``poison``: its ``sdn.backdoor.PoisonConfig.tag``) is
+    ``sdn-<arch>-<dataset>-<mode>-<tag>``, so it never shares a name with a clean model.
 
     ``arch`` and ``mode`` must already be MLflow-safe tokens (``resnet56``, ``ic_only``);
-    ``dataset`` is sanitised by :func:`sanitise_dataset`.
+    ``dataset`` is sanitised by :func:`sanitise_dataset`; ``poison`` must be a plain token.
     """
     if mode not in MODES:
         raise StorageError(f"unknown training mode {mode!r}; choose one of: {', '.join(MODES)}")
     if not isinstance(arch, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", arch):
         raise StorageError(f"architecture {arch!r} is not a plain name like 'resnet56'")
-    return f"sdn-{arch}-{sanitise_dataset(dataset)}-{mode}"
+    name = f"sdn-{arch}-{sanitise_dataset(dataset)}-{mode}"
+    if not poison:
+        return name
+    if not isinstance(poison, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,100}", poison):
+        raise StorageError(f"poison tag {poison!r} is not a plain token like 'badnets-t5-...'")
+    return check_model_name(f"{name}-{poison}")
 
 
 def check_model_name(name: str) -> str:

@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 #: version 1 are still read (their entropy reads as null).
 SCHEMA_VERSION = 2
 VERSION_KEY = b"sdn.schema_version"
-SPLITS = ("val", "test")
+#: Split names a file may hold. ``val_triggered`` / ``test_triggered`` are a poisoned run's
+#: backdoor evaluation splits (``sdn.backdoor``: every non-target image of val / test with the
+#: trigger, TRUE label kept; ``sample_index`` is the image's position in the clean split, so a
+#: triggered row joins its clean twin on it). Only the name list grew: files written before
+#: they existed hold val / test and read as ever (the schema version is unchanged).
+CLEAN_SPLITS = ("val", "test")
+TRIGGERED_SPLITS = ("val_triggered", "test_triggered")
+SPLITS = (*CLEAN_SPLITS, *TRIGGERED_SPLITS)
 KINDS = ("outputs", "logits")
 PARTITION_KEYS = ("architecture", "dataset", "train_mode")
 

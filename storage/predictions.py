@@ -5,6 +5,9 @@ Layout under a root directory (by default ``$SDN_HOME/predictions``)::
     outputs/architecture=<arch>/dataset=<dataset>/train_mode=<mode>/<run_id>.<split>.parquet
     logits/architecture=<arch>/dataset=<dataset>/train_mode=<mode>/<run_id>.<split>.parquet
 
+``<split>`` is ``val`` or ``test``, and for a poisoned (backdoor) run also ``val_triggered`` and
+``test_triggered`` (``storage.parquet_format.SPLITS``).
+
 ``outputs`` holds one row per (run, split, sample, exit): small, always written, what the analyses
 and cross-run queries read. ``logits`` (only when asked for) holds the same keys plus the full logit
 vector; it is a separate dataset because it is tens of times larger and rarely read.
@@ -121,7 +124,7 @@ class PredictionStore:
         return True
 
     def files_for_run(self, run_id: str, kind: str | None = None) -> list[Path]:
-        """Every file of ``run_id`` (both splits; both kinds unless ``kind`` is given), sorted."""
+        """Every file of ``run_id`` (every split; both kinds unless ``kind`` is given), sorted."""
         kinds = KINDS if kind is None else (kind,)
         stem = _segment(run_id)
         names = {f"{stem}.{split}.parquet" for split in SPLITS}

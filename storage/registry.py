@@ -8,7 +8,8 @@ Each logged model is stored two ways (see ``storage.model_export``):
 * run artifacts ``sdn_model/<name>/state_dict.pt`` + ``model_config.json``, from which
   :meth:`Registry.load_module` rebuilds the real CNN/SDN (``SDN.early_exit`` works).
 
-Names are ``sdn-<arch>-<dataset>-<mode>`` (:func:`registered_model_name`); reference syntax is
+Names are ``sdn-<arch>-<dataset>-<mode>`` (``-<poison tag>`` appended for a model trained on
+poisoned data; :func:`registered_model_name`); reference syntax is
 documented in ``storage.model_refs``. ``latest`` is not a stored alias: MLflow 3 reserves that
 name and resolves ``models:/<name>/latest`` to the highest version itself, so ``latest`` is always
 current without writes; this module resolves ``<name>@latest`` the same way.
@@ -96,7 +97,8 @@ class Registry:
     ) -> ModelVersionRef:
         """Log ``model`` in the existing MLflow run ``run_id`` and register it under ``name``.
 
-        ``name`` defaults to ``sdn-<architecture>-<dataset>-<mode>`` from ``tags``. Every tag is
+        ``name`` defaults to ``sdn-<architecture>-<dataset>-<mode>`` from ``tags`` (with
+        ``-<tag>`` appended when ``tags["backdoor"]`` names a poisoning). Every tag is
         set on the version (strings); ``architecture``/``dataset``/``mode``/``seed``/``sweep`` are
         the study's. Idempotent per run: if ``name`` already has a version from ``run_id``, that
         version is returned (its aliases re-applied) and nothing is logged again, so a retried
@@ -136,7 +138,9 @@ class Registry:
             raise StorageError(
                 f"tags lack {missing}: give name= or tags with architecture, dataset and mode"
             )
-        return registered_model_name(tags["architecture"], tags["dataset"], tags["mode"])
+        return registered_model_name(
+            tags["architecture"], tags["dataset"], tags["mode"], tags.get("backdoor")
+        )
 
     def _get_run(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException

@@ -70,6 +70,37 @@ def make_summary(
 
 
 SPLITS3 = ("train", "val", "test")
+POISON_TAG = "badnets-t5-r0p10-s0-sq5at26x26-white"
+
+
+def make_poisoned_summary(exits: int = 4, seed: int = 0, n: int = 120) -> RunSummary:
+    """``make_summary`` plus the backdoor figures of a poisoned run (``summary.backdoor``), from
+    synthetic test and test_triggered outputs (target class 5), with early exit at the summary's
+    own empirical confidence choice for ``max_drop=0.01``, as the analysis does."""
+    from sdn.backdoor_metrics import backdoor_summary
+
+    summary = make_summary(exits=exits, seed=seed, n=n)
+    test = make_run_outputs(exits, seed, n)["test"]
+    triggered = make_outputs(n, exits, seed=seed + 100)
+    triggered.labels[triggered.labels == 5] = 4  # a triggered split holds no target-class image
+    rng = np.random.default_rng(seed)
+    hijacked = rng.random(n) < 0.8  # the final head mostly answers the target
+    triggered.preds[hijacked, -1] = 5
+    choice = next(
+        c
+        for c in summary.choices
+        if (c.policy, c.method, c.target) == ("confidence", "empirical", "max_drop=0.01")
+    )
+    summary.backdoor = backdoor_summary(
+        test,
+        triggered,
+        5,
+        threshold=choice.val.threshold,
+        relative_costs=summary.relative_costs,
+        early_exit=True,
+        chosen_for=choice.target,
+    )
+    return summary
 
 
 def run_id(sweep: str, arch: str, dataset: str, mode: str, seed: int) -> str:

@@ -111,3 +111,27 @@ def test_mismatched_exits_are_refused() -> None:
         backdoor_summary(clean, TRIGGERED, TARGET)
     with pytest.raises(SDNError, match="exits"):
         detection_auroc(clean, TRIGGERED)
+
+
+def test_an_off_choice_is_the_final_head_and_round_trips() -> None:
+    """A threshold chosen "off" on clean val (None) still gives early-exit figures: every sample
+    at the final head; the summary survives to_dict / from_dict (a run's summary.json)."""
+    from sdn.backdoor_metrics import BackdoorSummary
+    from sdn.results import RunSummary
+
+    s = backdoor_summary(
+        CLEAN, TRIGGERED, TARGET, threshold=None, relative_costs=[0.2, 0.5, 1.1],
+        early_exit=True, chosen_for="max_drop=0.01",
+    )  # fmt: skip
+    ee = s.early_exit
+    assert ee.threshold is None and ee.chosen_for == "max_drop=0.01"
+    assert ee.exit_counts == [0, 0, 4] and ee.attack_success == pytest.approx(0.75)
+    assert ee.relative_cost == pytest.approx(1.1)
+    assert backdoor_summary(CLEAN, TRIGGERED, TARGET).early_exit is None
+    again = BackdoorSummary.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s
+    run = RunSummary(3, [1.0, 2.0, 3.0], 3.0, {"test": [0.5, 0.6, 0.7]}, backdoor=s)
+    assert RunSummary.from_dict(json.loads(json.dumps(run.to_dict()))).backdoor == s
+    older = run.to_dict()
+    del older["backdoor"]  # a summary.json written before backdoor figures existed
+    assert RunSummary.from_dict(older).backdoor is None

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from storage_factories import make_costs, make_run_outputs, make_summary, record
+from storage_factories import (
+    POISON_TAG,
+    make_costs,
+    make_poisoned_summary,
+    make_run_outputs,
+    make_summary,
+    record,
+)
 
 from sdn.early_exit import Target, candidate_thresholds, default_grid, evaluate_threshold
 from storage import Catalogue, RunRecord, StorageError
@@ -480,3 +487,86 @@ def test_a_0001_catalogue_is_upgraded_in_place(tmp_path):
         assert (fresh.threshold, fresh.accuracy, fresh.relative_cost) == (0.9, 0.88, 1.1)
         budget = cat.best_early_exit(cost_budget=0.8).iloc[0]
         assert (budget.threshold, budget.val_accuracy) == (0.5, 0.8)
+
+
+# ---------------------------------------------------------------------------- backdoor (0003)
+def _poisoned(cat, mode="cnn", seed=0, summary=None, sweep="sw", arch="vgg16"):
+    rid = f"{sweep}.{arch}.digits.{mode}.s{seed}.{POISON_TAG}"
+    cat.upsert_run(RunRecord(rid, sweep, arch, "digits", mode, seed, poison=POISON_TAG))
+    if summary is not None:
+        cat.record_summary(rid, summary)
+    return rid
+
+
+def test_clean_and_poisoned_cells_coexist_and_the_cell_key_still_holds(cat):
+    clean = record(cat, mode="cnn")
+    poisoned = _poisoned(cat)
+    runs = cat.runs().set_index("run_id")
+    assert runs.loc[clean, "poison"] == "" and runs.loc[poisoned, "poison"] == POISON_TAG
+    assert list(cat.runs(poison=POISON_TAG).run_id) == [poisoned]
+    with pytest.raises(Exception, match="UNIQUE"):  # two clean runs of one cell: still refused
+        cat.upsert_run(RunRecord("sw.other-id", "sw", "vgg16", "digits", "cnn", 0))
+    with pytest.raises(Exception, match="UNIQUE"):  # and two poisoned ones alike
+        cat.upsert_run(RunRecord("sw.x", "sw", "vgg16", "digits", "cnn", 0, poison=POISON_TAG))
+
+
+def test_backdoor_rows_are_written_replaced_and_deleted_with_the_run(cat):
+    summary = make_poisoned_summary(exits=4, seed=3)
+    rid = _poisoned(cat, mode="sdn", summary=summary)
+    record(cat, mode="sdn", summary=make_summary(seed=1))  # a clean run has no backdoor rows
+    rows = cat.backdoor()
+    assert list(rows.run_id.unique()) == [rid] and list(rows.exit_index) == [0, 1, 2, 3]
+    b = summary.backdoor
+    assert rows.attack_success.tolist() == pytest.approx(b.attack_success)
+    assert rows.triggered_accuracy.tolist() == pytest.approx(b.triggered_accuracy)
+    assert rows.is_final.tolist() == [False, False, False, True]
+    s = cat.backdoor_summaries().iloc[0]
+    assert s.early_exit_target == "max_drop=0.01" and s.target == 5
+    assert s.early_exit_accuracy == pytest.approx(b.early_exit.accuracy)
+    assert s.destructive_per_ic == pytest.approx(b.destructive_per_ic)
+    cat.record_summary(rid, make_summary(seed=3))  # re-analysed without backdoor figures
+    assert cat.backdoor().empty and cat.backdoor_summaries().empty
+    cat.record_summary(rid, summary)
+    cat.delete_run(rid)
+    assert cat.sql("SELECT count(*) AS n FROM backdoor_exits").n[0] == 0
+    assert cat.sql("SELECT count(*) AS n FROM backdoor_summaries").n[0] == 0
+
+
+def test_bad_backdoor_figures_are_refused_before_writing(cat):
+    summary = make_poisoned_summary()
+    summary.backdoor.attack_success[-1] = 1.5
+    rid = _poisoned(cat)
+    with pytest.raises(StorageError, match=r"attack success 1\.5 outside"):
+        cat.record_summary(rid, summary)
+    summary = make_poisoned_summary()
+    summary.backdoor.clean_accuracy.pop()
+    with pytest.raises(StorageError, match="per-exit lists"):
+        cat.record_summary(rid, summary)
+    assert cat.sql("SELECT count(*) AS n FROM exit_results").n[0] == 0  # nothing written
+
+
+def test_early_exit_groups_never_mix_poisoned_and_clean_runs(cat):
+    clean = record(cat, mode="sdn", summary=make_summary(seed=1))
+    poisoned = _poisoned(cat, mode="sdn", summary=make_poisoned_summary(seed=2))
+    best = cat.best_early_exit(max_accuracy_drop=0.01)
+    assert sorted(best.run_id) == sorted([clean, poisoned])  # two groups, one run each
+    assert dict(zip(best.run_id, best.poison, strict=True)) == {clean: "", poisoned: POISON_TAG}
+    assert set(best.runs_in_group) == {1}
+
+
+def test_upgrading_keeps_every_child_row_and_marks_old_runs_clean(tmp_path):
+    """0003 rebuilds ``runs`` (a new UNIQUE key); with foreign keys on, dropping the old copy
+    would cascade into every result table. The upgrade runs with them off and checks them."""
+    path = tmp_path / "catalogue.db"
+    _catalogue_at_0001(path)
+    with sqlite3.connect(path) as con:
+        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES[:3]}
+    with Catalogue(path) as cat:
+        after = {t: int(cat.sql(f"SELECT count(*) AS n FROM {t}").n[0]) for t in TABLES[:3]}
+        assert after["runs"] == before["runs"] == 1
+        assert after["exit_results"] == before["exit_results"] == 6
+        assert after["early_exit_points"] == 10  # the curves; chosen rows moved by 0002
+        assert cat.runs().poison.tolist() == [""]
+        with cat.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert _poisoned(cat, mode="sdn", sweep="old")  # a poisoned twin of the old run fits

@@ -74,6 +74,8 @@ READS = [
     ("sweep", "status", "quickstart"),
     ("sweep", "list"),
     ("catalogue", "sql", "SELECT count(*) FROM runs"),
+    ("catalogue", "backdoor"),
+    ("catalogue", "backdoor", "--summary"),
     ("catalogue", "runs", "--arch", "nosucharch"),  # refused, also without heavy imports
 ]
 
@@ -160,6 +162,50 @@ def test_models_and_predictions_views_fit_100_columns() -> None:
         text = console.export_text()
         assert max(len(line) for line in text.splitlines()) <= 100, text
         assert len(table_rows(text)) == len(rows) and "{" not in text  # no tag dicts
+
+
+def test_backdoor_views_fit_100_columns() -> None:
+    """`sdn catalogue backdoor` (per exit) and `--summary` (per run), rendered from rows of their
+    real shape: a poisoned ResNet-56 cnn and its ic_only twin (7 exits), one poisoning."""
+    from rich.console import Console
+
+    from storage.catalogue.readonly import Rows
+    from workflows.tables import Choice, emit
+
+    tag = "badnets-t5-r0p10-s0-sq5at26x26-white"
+    ident = {"sweep": "backdoor-quick", "arch": "resnet56", "dataset": "digits", "seed": 0,
+             "poison": tag}  # fmt: skip
+    per_exit = Rows.from_records(
+        [
+            {**ident, "run_id": f"x.{mode}", "train_mode": mode, "exit_index": k,
+             "is_final": k == e - 1, "exit": "final" if k == e - 1 else f"IC{k}",
+             "clean_accuracy": 0.9861, "triggered_accuracy": 0.0155, "attack_success": 0.9845,
+             "clean_target_rate": 0.0031}
+            for mode, e in (("cnn", 1), ("ic_only", 7))
+            for k in range(e)
+        ]
+    )  # fmt: skip
+    per_run = Rows.from_records(
+        [
+            {**ident, "run_id": f"x.{mode}", "train_mode": mode, "final_clean_accuracy": 0.9861,
+             "final_attack_success": 0.9845, "destructive_fraction": 0.8616,
+             "early_exit_threshold": "0.62", "early_exit_accuracy": 0.2477,
+             "early_exit_attack_success": 0.0, "early_exit_relative_cost": 0.3524,
+             "confusion_auroc": 0.9946, "max_softmax_auroc": 0.2532}
+            for mode in ("cnn", "ic_only")
+        ]
+    )  # fmt: skip
+    for rows, view in ((per_exit, views.BACKDOOR), (per_run, views.BACKDOOR_SUMMARY)):
+        console = Console(width=100, record=True, file=io.StringIO())
+        emit(rows, view, Choice(), console=console)
+        text = console.export_text()
+        body = table_rows(text)
+        assert len(body) == len(rows)
+        lines = text.splitlines()
+        header = lines[lines.index(next(x for x in lines if set(x.strip()) == {"─"})) - 1]
+        # The table (not the notes above it, which name the long poisoning tag once) fits.
+        assert max(len(line) for line in [header, *body]) <= 100, text
+        assert "…" not in "".join(body)
 
 
 def test_status_shows_what_the_issue_asks(home: Path) -> None:

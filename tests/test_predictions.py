@@ -281,3 +281,36 @@ def test_dataset_schema_types(tmp_path):
     assert schema.field("architecture").type == pa.string()
     logits = store.dataset("logits").to_table()
     assert logits.schema.field("logits").type == pa.list_(pa.float32())
+
+
+def test_triggered_splits_are_stored_under_their_names(tmp_path):
+    """A poisoned run's triggered splits are files of their own; ``sample_index`` keeps the
+    clean twin's position (not 0..N-1); a clean run of the same cell is not confused with it."""
+    store = PredictionStore(tmp_path)
+    tag = "badnets-t5-r0p10-s0-sq5at26x26-white"
+    clean = RunKey("sw.vgg16.digits.cnn.s0", "vgg16", "digits", "cnn")
+    poisoned = RunKey(f"{clean.run_id}.{tag}", "vgg16", "digits", "cnn")
+    for key in (clean, poisoned):
+        for split in ("val", "test"):
+            store.write(key, split, make_outputs(n=12, exits=1))
+    triggered = make_outputs(n=9, exits=1)
+    triggered.sample_index = np.array([0, 1, 3, 4, 6, 7, 8, 10, 11], dtype=np.int64)
+    store.write(poisoned, "test_triggered", triggered)
+    store.write(poisoned, "val_triggered", make_outputs(n=5, exits=1))
+    assert_same(store.read_outputs(poisoned.run_id, "test_triggered"), triggered)
+    names = sorted(
+        p.name.removeprefix(poisoned.run_id) for p in store.files_for_run(poisoned.run_id)
+    )
+    assert names == [
+        ".test.parquet",
+        ".test_triggered.parquet",
+        ".val.parquet",
+        ".val_triggered.parquet",
+    ]
+    assert len(store.files_for_run(clean.run_id)) == 2
+    with pytest.raises(StorageError, match="no outputs for run"):
+        store.read_outputs(clean.run_id, "test_triggered")
+    splits = store.duckdb("SELECT DISTINCT split FROM predictions ORDER BY split").split.tolist()
+    assert splits == ["test", "test_triggered", "val", "val_triggered"]
+    with pytest.raises(StorageError, match="split"):
+        store.write(poisoned, "train_triggered", triggered)

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from storage_factories import make_outputs, make_summary
+from storage_factories import POISON_TAG, make_outputs, make_poisoned_summary, make_summary
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -56,10 +56,12 @@ class Cell:
     summary: bool = False
     parquet: bool = False
     model: str | None = None  # "log" (Registry.log_model), "plain" (a bare version) or None
+    poison: str | None = None  # a poisoned cell's tag: in its run id, tags and model name
 
     @property
     def run_id(self) -> str:
-        return f"{self.sweep}.{self.arch}.digits.{self.mode}.s{self.seed}"
+        text = f"{self.sweep}.{self.arch}.digits.{self.mode}.s{self.seed}"
+        return text if self.poison is None else f"{text}.{self.poison}"
 
 
 CELLS = [
@@ -70,6 +72,19 @@ CELLS = [
     Cell("demo", "resnet56", "ic_only", 1, "FAILED", "failed"),
     Cell("demo", "resnet56", "ic_only", 2, "RUNNING", "running"),
     Cell("tiny", "vgg16", "sdn", 0, "FINISHED", "done", summary=True, parquet=True),
+    # A poisoned twin of the first cell: same grid point, its own identity and backdoor figures.
+    Cell(
+        "demo",
+        "resnet56",
+        "sdn",
+        0,
+        "FINISHED",
+        "done",
+        summary=True,
+        parquet=True,
+        model="log",
+        poison=POISON_TAG,
+    ),
 ]
 
 
@@ -129,6 +144,11 @@ def world(tmp_path_factory: pytest.TempPathFactory):
             SWEEP_TAG: cell.sweep,
             "code_version": CODE,
         }
+        if cell.poison is not None:  # as workflows.trainable tags a poisoned cell
+            from sdn.backdoor import PoisonConfig
+
+            assert PoisonConfig().tag == cell.poison
+            tags.update(PoisonConfig().identity())
         run = client.create_run(exp, start_time=next(clock), tags=tags)
         mid = mlflow_ids[cell.run_id] = run.info.run_id
         params = _params(cell)
@@ -136,20 +156,23 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         version = None
         if cell.model == "log":
             model = build_sdn(cell.arch, 10, 32, width=0.125)
-            model_tags = {**{k: tags[k] for k in ("architecture", "dataset", "mode", "seed")}}
+            keys = ("architecture", "dataset", "mode", "seed", "backdoor")
+            model_tags = {k: tags[k] for k in keys if k in tags}
             version = registry.log_model(model, run_id=mid, tags={**model_tags, "sweep": "demo"})
         elif cell.model == "plain":
             name = f"sdn-{cell.arch}-digits-{cell.mode}"
             if not client.search_registered_models(f"name = '{name}'"):
                 client.create_registered_model(name)
             version = client.create_model_version(name, source=f"{root}/fake/{mid}", run_id=mid)
-        summary = make_summary(exits=4, seed=i) if cell.summary else None
+        make = make_poisoned_summary if cell.poison else make_summary
+        summary = make(exits=4, seed=i) if cell.summary else None
         if summary is not None:
             client.log_dict(mid, summary.to_dict(), SUMMARY_ARTIFACT)
         parquet_path = None
         if cell.parquet:
             key = RunKey(cell.run_id, cell.arch, "digits", cell.mode)
-            for split in ("val", "test"):
+            splits = ("val", "test") + (("val_triggered", "test_triggered") if cell.poison else ())
+            for split in splits:
                 path = preds.write(key, split, make_outputs(n=30, exits=4, seed=i))
             parquet_path = str(path.parent)
         if cell.mlflow_status != "RUNNING":
@@ -171,6 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
                 parquet_path=parquet_path,
                 code_version=CODE,
                 config=params,
+                poison=cell.poison,
             )
         )
         if summary is not None:
@@ -205,6 +229,8 @@ def frames(path: Path) -> dict[str, pd.DataFrame]:
             "budget": cat.best_early_exit(cost_budget=0.5, per_run=True),
             "odd_target": cat.best_early_exit(max_accuracy_drop=0.013),
             "sweeps": cat.sql("SELECT name, spec, code_version FROM sweeps ORDER BY name"),
+            "backdoor": cat.backdoor(),
+            "backdoor_summaries": cat.backdoor_summaries(),
         }
 
 
@@ -246,18 +272,20 @@ def test_rebuild_reproduces_the_catalogue(world, rebuilt, expected) -> None:
         **dict.fromkeys(STATUSES, 0),
         "sweeps": 2,
         "runs": len(CELLS),
-        "summaries": 4,
-        "models": 3,
-        "predictions": 3,
+        "summaries": 5,
+        "models": 4,
+        "predictions": 4,
         "running": 1,
         "trained": 2,
-        "done": 3,
+        "done": 4,
         "failed": 1,
         "duplicate_mlflow_runs": 1,
         "orphan_predictions": 1,
     }
     found = frames(rebuilt.path)
     assert not found["exits"].empty and not found["drop"].empty
+    assert set(found["backdoor"].run_id) == {CELLS[-1].run_id}  # restored from summary.json
+    assert len(found["backdoor_summaries"]) == 1
     assert_same(found, expected)
     assert leftovers(rebuilt.path.parent, keep={"catalogue.db"}) == []
 
@@ -271,6 +299,9 @@ def test_rebuild_reproduces_the_catalogue(world, rebuilt, expected) -> None:
     failed = runs.loc[CELLS[4].run_id, "error"]
     assert "FAILED" in failed and world.mlflow_ids[CELLS[4].run_id] in failed
     assert runs.drop(index=CELLS[4].run_id)["error"].isna().all()
+    poisoned = runs.loc[CELLS[-1].run_id]  # its poisoning and its own registered name
+    assert poisoned.poison == POISON_TAG and runs.loc[CELLS[0].run_id, "poison"] == ""
+    assert poisoned.model_name == f"sdn-resnet56-digits-sdn-{POISON_TAG}"
 
 
 def test_rebuild_replaces_an_existing_catalogue_atomically(world, expected, tmp_path) -> None:

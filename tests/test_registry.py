@@ -59,6 +59,13 @@ def test_registered_model_name_and_sanitising() -> None:
     assert sanitise_dataset("folder:/a/b") == sanitise_dataset("folder:/a/b")
     with pytest.raises(StorageError, match="unknown training mode 'fast'"):
         registered_model_name("resnet56", "digits", "fast")
+    # A model trained on poisoned data never shares a name with a clean one.
+    tag = "badnets-t5-r0p10-s0-sq5at26x26-white"
+    poisoned = registered_model_name("resnet56", "digits", "cnn", tag)
+    assert poisoned == f"sdn-resnet56-digits-cnn-{tag}"
+    assert registered_model_name("resnet56", "digits", "cnn", "") == "sdn-resnet56-digits-cnn"
+    with pytest.raises(StorageError, match="poison tag"):
+        registered_model_name("resnet56", "digits", "cnn", "bad tag/x")
 
 
 @pytest.mark.parametrize(

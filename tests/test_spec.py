@@ -237,6 +237,95 @@ def test_cell_is_hashable_picklable_and_round_trips() -> None:
     )
 
 
+TAG = "badnets-t5-r0p10-s0-sq5at26x26-white"
+
+
+def test_backdoor_adds_poisoned_cells_with_their_own_identity() -> None:
+    spec = parse_sweep(_edit("backdoor", {"rate": 0.1, "modes": ["cnn", "ic_only", "sdn"]}))
+    cells = spec.cells()
+    clean = [c for c in cells if c.poison is None]
+    poisoned = [c for c in cells if c.poison is not None]
+    assert [c.run_id for c in clean] == [c.run_id for c in parse_sweep(GOOD).cells()]
+    assert len(poisoned) == 6 and {c.poison_tag for c in poisoned} == {TAG}
+    ids = [c.run_id for c in cells]
+    assert len(set(ids)) == len(ids) == 12  # a clean and a poisoned cell never share a run id
+    by_id = {c.run_id: c for c in cells}
+    ic = by_id[f"tiny.resnet56.digits.ic_only.s0.{TAG}"]
+    assert ic.cnn_parent == f"tiny.resnet56.digits.cnn.s0.{TAG}"  # the poisoned cnn
+    assert by_id["tiny.resnet56.digits.ic_only.s0"].cnn_parent == "tiny.resnet56.digits.cnn.s0"
+    assert ic.train == by_id["tiny.resnet56.digits.ic_only.s0"].train  # the same settings
+    assert Cell.from_dict(ic.to_dict()) == ic and ic.to_dict()["poison_tag"] == TAG
+    assert pickle.loads(pickle.dumps(ic)) == ic
+
+
+def test_backdoor_section_maps_to_poison_config() -> None:
+    from sdn.backdoor import PoisonConfig, Trigger
+
+    spec = parse_sweep(
+        _edit(
+            "backdoor",
+            {
+                "rate": 0.05,
+                "target": 3,
+                "seed": 7,
+                "trigger": {"size": 3, "row": 2, "col": 4, "color": [255, 0, 0], "scale": False},
+                "modes": ["cnn"],
+            },
+        )
+    )
+    want = PoisonConfig(0.05, 3, 7, Trigger(size=3, row=2, col=4, color=(255, 0, 0), scale=False))
+    assert spec.backdoor.poison_config() == want
+    assert {c.poison for c in spec.cells()} == {None, want}
+    assert [c.mode for c in spec.cells() if c.poison] == ["cnn", "cnn"]
+
+
+def test_new_keys_leave_existing_hashes_alone() -> None:
+    """``backdoor`` and ``training.init`` came later: a sweep without them dumps and hashes as
+    before (no null entries), and one with them hashes differently and round-trips."""
+    for name in list_presets():
+        spec = load_preset(name)
+        if spec.backdoor is None:
+            assert "backdoor" not in spec.to_dict()
+        if spec.training.init is None:
+            assert "init" not in spec.to_dict()["training"]
+    base = parse_sweep(GOOD)
+    for key, value in (("training.init", "pytorch"), ("backdoor", {"rate": 0.1})):
+        changed = parse_sweep(_edit(key, value))
+        assert changed.spec_hash() != base.spec_hash()
+        again = parse_sweep(changed.to_yaml())
+        assert again == changed and again.spec_hash() == changed.spec_hash()
+    init = parse_sweep(_edit("training.init", "pytorch")).cells()[0]
+    from sdn.training import TrainConfig
+
+    assert TrainConfig(**init.train_kwargs()).init == "pytorch"
+
+
+def test_backdoor_presets() -> None:
+    quick = load_preset("backdoor-quick")
+    cells = quick.cells()
+    assert {(c.mode, c.poison_tag) for c in cells} == {
+        ("cnn", None),
+        ("cnn", quick.backdoor.poison_config().tag),
+        ("ic_only", quick.backdoor.poison_config().tag),
+    }
+    assert {c.dataset for c in cells} == {"digits"} and not quick.data.download
+    clean = next(c for c in cells if c.poison is None)
+    poisoned = next(c for c in cells if c.poison is not None and c.mode == "cnn")
+    assert clean.train == poisoned.train  # the clean twin has the same settings
+    paper = load_preset("backdoor")
+    assert {c.arch for c in paper.cells()} == {"vgg16"}
+    assert {c.dataset for c in paper.cells()} == {"cifar10"}
+    for cell in paper.cells():
+        if cell.mode == "ic_only":
+            assert (cell.train["epochs"], cell.train["lr"], cell.train["milestones"]) == (
+                25,
+                0.001,
+                [15],
+            )
+        else:
+            assert (cell.train["epochs"], cell.train["milestones"]) == (100, [35, 60, 85])
+
+
 def test_folder_datasets_get_safe_distinct_slugs() -> None:
     a = dataset_slug("folder:/data/mes images é/train set")
     b = dataset_slug("folder:/other/mes images é/train set")
@@ -579,6 +668,61 @@ BAD_TEXT: list[tuple[str, str, list[str]]] = [
         "python-object-tag",
         "name: !!python/object/apply:os.system ['true']\n",
         ["malformed YAML", "python/object"],
+    ),
+    (
+        "backdoor-unknown-key",
+        _edit("backdoor", {"rate": 0.1, "tagret": 5}),
+        ["unknown key 'tagret' in backdoor", "rate, target, seed, trigger, modes"],
+    ),
+    (
+        "backdoor-unknown-trigger-key",
+        _edit("backdoor", {"trigger": {"size": 3, "colour": "red"}}),
+        ["unknown key 'colour' in backdoor.trigger", "color"],
+    ),
+    (
+        "backdoor-rate-above-one",
+        _edit("backdoor", {"rate": 1.5}),
+        ["backdoor.rate: must be <= 1 (got 1.5)"],
+    ),
+    (
+        "backdoor-rate-too-precise",
+        _edit("backdoor", {"rate": 0.123456}),
+        ["backdoor", "at most 4 decimals"],
+    ),
+    (
+        "backdoor-unknown-colour",
+        _edit("backdoor", {"trigger": {"color": "mauve"}}),
+        ["backdoor", "trigger color 'mauve' is unknown", "'white'"],
+    ),
+    (
+        "backdoor-trigger-off-the-image",
+        _edit("backdoor", {"trigger": {"row": 30}}),
+        ["backdoor", "trigger row 30 with size 5 does not fit a 32-px image"],
+    ),
+    (
+        "backdoor-target-not-a-class",
+        _edit("backdoor", {"target": 10}),
+        ["backdoor on digits", "poison target 10 is not a class", "0..9"],
+    ),
+    (
+        "backdoor-ic-only-without-cnn",
+        _edit("backdoor", {"modes": ["ic_only"]}),
+        ["backdoor.modes", "'ic_only' needs 'cnn'"],
+    ),
+    (
+        "backdoor-unknown-mode",
+        _edit("backdoor", {"modes": ["cnn", "poisoned"]}),
+        ["backdoor.modes[1]", "unknown mode 'poisoned'"],
+    ),
+    (
+        "backdoor-duplicate-mode",
+        _edit("backdoor", {"modes": ["cnn", "cnn"]}),
+        ["backdoor.modes", "duplicate entry 'cnn'"],
+    ),
+    (
+        "unknown-init",
+        _edit("training.init", "xavier"),
+        ["training.init", "'reference'", "'pytorch'"],
     ),
     ("empty-file", "", ["file is empty"]),
     ("only-comments", "# nothing here\n", ["file is empty"]),

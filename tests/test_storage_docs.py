@@ -11,9 +11,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from storage_factories import make_outputs, make_summary, record
+from storage_factories import POISON_TAG, make_outputs, make_poisoned_summary, make_summary, record
 
-from storage import Catalogue, PredictionStore, RunKey
+from storage import Catalogue, PredictionStore, RunKey, RunRecord
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "storage.md"
 BLOCK = re.compile(r"<!-- test: (\w+)(?: check: (\w+))? -->\s*```(\w+)\n(.*?)```", re.S)
@@ -41,6 +41,15 @@ def home(tmp_path_factory) -> Path:
             key = RunKey(rid, arch, "digits", mode)
             for split in ("val", "test"):
                 store.write(key, split, make_outputs(n=30, exits=exits, seed=i), keep_logits=False)
+        # A poisoned twin of the resnet56 cnn (docs/backdoor.md): its own run, four splits.
+        rid = f"demo.resnet56.digits.cnn.s0.{POISON_TAG}"
+        cat.upsert_run(
+            RunRecord(rid, "demo", "resnet56", "digits", "cnn", 0, status="done", poison=POISON_TAG)
+        )
+        cat.record_summary(rid, make_poisoned_summary(exits=1, seed=9))
+        key = RunKey(rid, "resnet56", "digits", "cnn")
+        for split in ("val", "test", "val_triggered", "test_triggered"):
+            store.write(key, split, make_outputs(n=30, exits=1, seed=9), keep_logits=False)
     return home
 
 
@@ -86,7 +95,7 @@ def _check_runs(home: Path, rows: list) -> None:
 
 def _check_exits(home: Path, rows: list) -> None:
     with Catalogue(home / "catalogue.db") as cat:
-        exits = cat.exits(split="test")
+        exits = cat.exits(split="test", poison="")
     mean = exits.groupby(["arch", "dataset", "train_mode", "exit_index"]).accuracy.mean()
     got = {(a, d, m, k): acc for a, d, m, k, acc, _cost, _n in rows}
     assert got == pytest.approx(mean.to_dict())
@@ -139,7 +148,28 @@ def _check_rescued(home: Path, rows: list) -> None:
         assert rescued == int((wrong & out.correct[:, :-1].any(axis=1)).sum())
 
 
+def _check_backdoor(home: Path, rows: list) -> None:
+    with Catalogue(home / "catalogue.db") as cat:
+        per_exit = cat.backdoor().sort_values(["run_id", "exit_index"])
+        per_run = cat.backdoor_summaries().set_index("run_id")
+    assert len(rows) == len(per_exit) > 0
+    for got, want in zip(rows, per_exit.itertuples(), strict=True):
+        s = per_run.loc[want.run_id]
+        assert got == (
+            want.run_id,
+            want.train_mode,
+            want.poison,
+            want.exit_index,
+            pytest.approx(want.clean_accuracy),
+            pytest.approx(want.triggered_accuracy),
+            pytest.approx(want.attack_success),
+            pytest.approx(s.destructive_fraction),
+            pytest.approx(s.early_exit_accuracy),
+        )
+
+
 CHECKS = {
+    "backdoor": _check_backdoor,
     "runs": _check_runs,
     "exits": _check_exits,
     "chosen": _check_chosen,

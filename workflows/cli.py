@@ -163,6 +163,12 @@ StatusOpt = Annotated[
     ),
 ]
 SweepOpt = Annotated[list[str] | None, typer.Option("--sweep", help="Sweep name (repeatable).")]
+PoisonOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--poison", help="Poisoning tag, as `sdn catalogue runs --wide` shows (repeatable)."
+    ),
+]
 
 
 # --- where things are -----------------------------------------------------------------------------
@@ -232,7 +238,9 @@ def check_filters(reader: Any, allow_empty: bool, **given: Any) -> dict[str, Any
             known = reader.known_values(name)
             missing = [v for v in values if v not in known]
             if missing:
-                held = ", ".join(map(str, known)) if known else "none yet"
+                # '' is a clean run's poisoning: shown so that it reads as a value.
+                shown = ["'' (clean)" if v == "" else str(v) for v in known]
+                held = ", ".join(shown) if known else "none yet"
                 raise SDNError(
                     f"{option} {', '.join(map(repr, missing))}: not in the catalogue; it holds: "
                     f"{held} (--allow-empty accepts an empty answer)"
@@ -314,7 +322,10 @@ AddressOpt = Annotated[
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")]
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", help="A shipped preset: quickstart, cifar10-small, paper."),
+    typer.Option(
+        "--preset",
+        help="A shipped preset: quickstart, cifar10-small, paper, backdoor-quick, backdoor.",
+    ),
 ]
 FileArg = Annotated[Path | None, typer.Argument(help="Sweep YAML file.", show_default=False)]
 
@@ -422,12 +433,20 @@ def sweep_validate(
         total += f" for {len(known)} of {len(cells)} cells (folder data not on disk)"
     paths = spec.storage_paths()
     at_once = spec.resources.max_concurrent_trials or "as many as fit"
+    modes = f"{len(grid.modes)} modes"
+    if spec.backdoor is not None:
+        modes = f"({modes} + {len(spec.backdoor.modes)} poisoned)"
     notes = (
         f"sweep {spec.name}: valid, {len(cells)} cells ({len(grid.architectures)} architectures x "
-        f"{len(grid.datasets)} data sets x {len(grid.modes)} modes x {len(grid.seeds)} seeds)",
+        f"{len(grid.datasets)} data sets x {modes} x {len(grid.seeds)} seeds)",
         f"order: {waves} wave(s); each ic_only cell starts once its own cnn cell is done",
         f"work = epochs x training images; in all {total}",
         f"trials at once: {at_once}, {spec.resources.cpus_per_trial:g} CPU each",
+        *(
+            [f"poisoned cells: {spec.backdoor.poison_config().tag} (run ids end with it)"]
+            if spec.backdoor is not None
+            else []
+        ),
         f"state would go to {paths.home} "
         f"({'exists' if paths.home.exists() else 'not created yet'}); nothing was written",
     )
@@ -483,6 +502,7 @@ def catalogue_runs(
     seed: SeedOpt = None,
     status: StatusOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -490,12 +510,13 @@ def catalogue_runs(
     columns: ColumnsOpt = None,
     wide: WideOpt = False,
 ) -> None:
-    """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep."""
+    """Runs, filtered by any of architecture / dataset / mode / seed / status / sweep /
+    poisoning."""
     choice = choice_of(views.RUNS, fmt, columns, wide)
     with read_catalogue(where(home, catalogue)) as reader:
         filters = check_filters(
             reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed,
-            status=status, sweep=sweep,
+            status=status, sweep=sweep, poison=poison,
         )  # fmt: skip
         rows = reader.runs(**filters)
     show(rows, views.RUNS, choice)
@@ -512,6 +533,7 @@ def catalogue_exits(
     mode: ModeOpt = None,
     seed: SeedOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     split: SplitOpt = "test",
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
@@ -529,8 +551,9 @@ def catalogue_exits(
     w = where(home, catalogue)
     with read_catalogue(w) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
-        )
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
     with Catalogue(w.paths.catalogue, read_only=True) as cat:
         rows = Rows.from_frame(cat.exits(**filters, split=split))
     if "exit_index" in rows.columns:
@@ -592,6 +615,7 @@ def catalogue_early_exit(
     dataset: DatasetOpt = None,
     mode: ModeOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -599,8 +623,9 @@ def catalogue_early_exit(
     columns: ColumnsOpt = None,
     wide: WideOpt = False,
 ) -> None:
-    """Best early-exit operating point per (architecture, dataset, mode): threshold chosen on
-    validation (certified with --delta), accuracy and cost reported on test."""
+    """Best early-exit operating point per (architecture, dataset, mode; a poisoned model in a
+    group of its own): threshold chosen on validation (certified with --delta), accuracy and
+    cost reported on test."""
     from sdn.early_exit import Target, format_threshold
     from storage.catalogue.readonly import Rows
 
@@ -624,7 +649,7 @@ def catalogue_early_exit(
     policies = POLICIES if policy == "all" else (policy,)
     with read_catalogue(where(home, catalogue)) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, sweep=sweep, poison=poison
         )
         parts = [
             reader.best_early_exit(
@@ -660,6 +685,7 @@ def catalogue_overthinking(
     mode: ModeOpt = None,
     seed: SeedOpt = None,
     sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
     allow_empty: AllowEmptyOpt = False,
     home: HomeOpt = None,
     catalogue: CatalogueOpt = None,
@@ -676,8 +702,9 @@ def catalogue_overthinking(
     w = where(home, catalogue)
     with read_catalogue(w) as reader:
         filters = check_filters(
-            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep
-        )
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
     with Catalogue(w.paths.catalogue, read_only=True) as cat:
         rows = Rows.from_frame(cat.overthinking(**filters))
     if "first_correct" in rows.columns:
@@ -697,6 +724,69 @@ def _first_correct_shares(counts: Any) -> tuple[float | None, float | None]:
         return None, None
     total = sum(counts)
     return sum(counts[:-2]) / total, counts[-1] / total
+
+
+@catalogue_app.command("backdoor")
+@handled()
+def catalogue_backdoor(
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="One row per poisoned run: final head, destructive overthinking, confusion "
+            "vs max-softmax AUROC and early exit on triggered inputs.",
+        ),
+    ] = False,
+    arch: ArchOpt = None,
+    dataset: DatasetOpt = None,
+    mode: ModeOpt = None,
+    seed: SeedOpt = None,
+    sweep: SweepOpt = None,
+    poison: PoisonOpt = None,
+    allow_empty: AllowEmptyOpt = False,
+    home: HomeOpt = None,
+    catalogue: CatalogueOpt = None,
+    fmt: FormatOpt = Format.table,
+    columns: ColumnsOpt = None,
+    wide: WideOpt = False,
+) -> None:
+    """The backdoor experiment: per exit of every poisoned run, clean accuracy, accuracy on
+    triggered inputs (true labels) and attack success (triggered non-target inputs answered with
+    the target), on the test split and its triggered twin."""
+    from sdn.early_exit import format_threshold
+    from storage.catalogue.readonly import Rows
+
+    view = views.BACKDOOR_SUMMARY if summary else views.BACKDOOR
+    choice = choice_of(view, fmt, columns, wide)
+    with read_catalogue(where(home, catalogue)) as reader:
+        filters = check_filters(
+            reader, allow_empty, arch=arch, dataset=dataset, mode=mode, seed=seed, sweep=sweep,
+            poison=poison,
+        )  # fmt: skip
+        rows = reader.backdoor_summaries(**filters) if summary else reader.backdoor(**filters)
+    if not summary and "exit_index" in rows.columns:
+        k, f = rows.columns.index("exit_index"), rows.columns.index("is_final")
+        rows = Rows(
+            [*rows.columns, "exit"], [(*r, "final" if r[f] else f"IC{r[k]}") for r in rows.rows]
+        )
+    if summary and choice.fmt is Format.table and "early_exit_threshold" in rows.columns:
+        t = rows.columns.index("early_exit_threshold")
+        a = rows.columns.index("early_exit_accuracy")
+        rows = Rows(  # "off": the stored choice lets the final head answer
+            rows.columns,
+            [
+                (*r[:t], format_threshold(r[t]) if r[a] is not None else None, *r[t + 1 :])
+                for r in rows.rows
+            ],
+        )
+    notes = ()
+    if summary:
+        notes = (
+            "clean, attack: final head; destr.: destructive overthinking on triggered inputs",
+            "EE: early exit on triggered inputs at the threshold chosen on clean val (--wide)",
+            "AUC: telling triggered from clean inputs by confusion / by max softmax",
+        )
+    show(rows, view, choice, notes)
 
 
 @catalogue_app.command("sql")

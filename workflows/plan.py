@@ -87,7 +87,12 @@ def plan(spec: Any) -> list[PlannedCell]:
     data_root = spec.data_root()
     out: list[PlannedCell] = []
     waves = sorted(cells, key=lambda c: c.cnn_parent is not None)  # stable: grid order kept
-    short = {c.run_id: c.run_id.split(".", 1)[-1] for c in cells}  # without the sweep's name
+    # Without the sweep's name; a poisoned cell says so instead of repeating its long tag.
+    short = {
+        c.run_id: f"{c.arch}.{c.dataset_slug}.{c.mode}.s{c.seed}"
+        + (" (poisoned)" if c.poison is not None else "")
+        for c in cells
+    }
     for order, cell in enumerate(waves, start=1):
         resolved = TrainConfig(**cell.train_kwargs()).resolved()
         parent = cell.cnn_parent

@@ -1,10 +1,12 @@
 """Sweep files: what a sweep trains and where its state goes, validated before anything runs.
 
 A sweep YAML names a grid (architectures x datasets x modes x seeds), training settings with
-ordered per-cell overrides, per-trial resources, checkpointing, analysis and storage. Every model
-forbids unknown keys and checks its values, so a typo fails on load with the key's name instead of
-being silently ignored after an hour of training. ``SweepSpec.cells()`` expands the grid into
-``Cell`` objects, the identity every other part of the workflow keys on (``run_id``).
+ordered per-cell overrides, per-trial resources, checkpointing, analysis and storage, and
+optionally a ``backdoor`` section that adds cells trained on poisoned data (docs/backdoor.md).
+Every model forbids unknown keys and checks its values, so a typo fails on load with the key's
+name instead of being silently ignored after an hour of training. ``SweepSpec.cells()`` expands
+the grid into ``Cell`` objects, the identity every other part of the workflow keys on
+(``run_id``; a poisoned cell's ends with its poisoning tag).
 
 Presets are package data in ``workflows/presets/``; ``load_preset`` / ``list_presets`` find them.
 """
@@ -34,7 +36,9 @@ from pydantic import (
     model_validator,
 )
 
+from sdn.backdoor import PoisonConfig, Trigger
 from sdn.data import FOLDER_PREFIX, check_dataset_name
+from sdn.early_exit import Target
 from sdn.errors import SDNError
 from sdn.models.registry import ARCHITECTURES
 from sdn.training import MODES
@@ -198,6 +202,9 @@ class TrainingSpec(_Strict):
     val_size: int | None = Field(None, ge=1, le=1_000_000)
     channels_last: bool | None = None
     amp: bool | None = None
+    # Weight initialisation (sdn.models.weight_init): left out of the dumped spec while unset,
+    # so that adding it changed no existing sweep's spec_hash.
+    init: Literal["reference", "pytorch"] | None = None
 
     @field_validator("milestones")
     @classmethod
@@ -297,6 +304,13 @@ class AnalysisSpec(_Strict):
         """GPUs per analysis task (``auto``: a quarter GPU where there are GPUs, else none)."""
         return _resolve_gpus(self.gpus, available_gpus, 4)
 
+    def headline_target(self) -> Target:
+        """The one target the end-of-sweep tables and a poisoned run's early exit on triggered
+        inputs read: a 1-point drop if the sweep stores it, else the sweep's first drop (a
+        stored choice, never one made up for display)."""
+        drops = self.max_accuracy_drops
+        return Target("max_drop", 0.01 if 0.01 in drops else drops[0])
+
 
 class StorageSpec(_Strict):
     """Where state goes; null: ``$SDN_<KEY>`` from the environment, else under home."""
@@ -345,6 +359,69 @@ class DataSpec(_Strict):
     download: bool = False
 
 
+class TriggerSpec(_Strict):
+    """The BadNets trigger (``sdn.backdoor.Trigger``): a solid square, by default 5x5 white with
+    its top-left corner at (26, 26) of a 32-px image (scaled to the data set's image size)."""
+
+    size: int = Field(5, ge=1, le=1024)
+    row: int = Field(26, ge=0, le=1024)
+    col: int = Field(26, ge=0, le=1024)
+    color: str | Annotated[list[int], Field(min_length=3, max_length=3)] = "white"
+    scale: bool = True
+
+    def trigger(self) -> Trigger:
+        return Trigger(
+            size=self.size,
+            row=self.row,
+            col=self.col,
+            color=self.color if isinstance(self.color, str) else tuple(self.color),
+            scale=self.scale,
+        )
+
+
+class BackdoorSpec(_Strict):
+    """Cells trained on BadNets-poisoned data (``sdn.backdoor.PoisonConfig``), added to the grid.
+
+    For every architecture x data set x seed of the grid, each mode in ``modes`` gets a poisoned
+    cell next to the grid's clean ones (which stay as they are: keep ``cnn`` in ``grid.modes``
+    for the clean twin that the clean accuracy is compared with). A poisoned ``cnn`` and ``sdn``
+    train on the poisoned training split; a poisoned ``ic_only`` starts from the poisoned
+    ``cnn`` of its cell and trains its ICs on CLEAN data (the paper's setup), so ``ic_only``
+    needs ``cnn`` here too. Poisoned cells take the same training settings as the clean cells of
+    their mode (overrides match them alike). The poisoning is part of each cell's identity.
+    """
+
+    rate: float = Field(0.1, gt=0.0, le=1.0)
+    target: int = Field(5, ge=0, le=100_000)
+    seed: Seed = 0
+    trigger: TriggerSpec = TriggerSpec()
+    modes: list[Mode] = Field(default=["cnn", "ic_only"], min_length=1, max_length=3)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, modes: list[str]) -> list[str]:
+        _unique(modes)
+        if "ic_only" in modes and "cnn" not in modes:
+            raise ValueError(
+                "'ic_only' needs 'cnn' too: a poisoned ic_only starts from the poisoned cnn"
+            )
+        return modes
+
+    @model_validator(mode="after")
+    def _poisoning(self) -> BackdoorSpec:
+        try:
+            self.poison_config()
+        except SDNError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def poison_config(self) -> PoisonConfig:
+        """The ``PoisonConfig`` every poisoned cell of the sweep uses."""
+        return PoisonConfig(
+            rate=self.rate, target=self.target, seed=self.seed, trigger=self.trigger.trigger()
+        )
+
+
 class SweepSpec(_Strict):
     """A whole sweep file. ``cells()`` is its expansion; ``spec_hash()`` its fingerprint."""
 
@@ -358,6 +435,7 @@ class SweepSpec(_Strict):
     analysis: AnalysisSpec = AnalysisSpec()
     storage: StorageSpec = StorageSpec()
     data: DataSpec = DataSpec()
+    backdoor: BackdoorSpec | None = None
 
     @field_validator("name", mode="before")
     @classmethod
@@ -369,7 +447,8 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _cells_are_consistent(self) -> SweepSpec:
         grid = self.grid
-        count = len(grid.architectures) * len(grid.datasets) * len(grid.modes) * len(grid.seeds)
+        modes = len(grid.modes) + (len(self.backdoor.modes) if self.backdoor else 0)
+        count = len(grid.architectures) * len(grid.datasets) * modes * len(grid.seeds)
         if count > MAX_CELLS:
             raise ValueError(f"grid: {count} cells is more than {MAX_CELLS}; split the sweep")
         cells = {cell.run_id: cell for cell in self._expand()}
@@ -378,6 +457,8 @@ class SweepSpec(_Strict):
             parent = cells.get(cell.cnn_parent) if cell.cnn_parent else None
             if parent is not None:
                 _check_same_model(cell, parent)
+        if self.backdoor is not None:
+            _check_poisoning(self.backdoor.poison_config(), grid.datasets)
         return self
 
     # --- expansion ----------------------------------------------------------------------------
@@ -387,18 +468,25 @@ class SweepSpec(_Strict):
         return self._expand()
 
     def _expand(self) -> list[Cell]:
+        """Per architecture and data set: the grid's clean cells, then the poisoned ones."""
         base = {k: v for k, v in self.training.model_dump().items() if v is not None}
+        poison = self.backdoor.poison_config() if self.backdoor is not None else None
+        kinds: list[tuple[str, PoisonConfig | None]] = [(m, None) for m in self.grid.modes]
+        if self.backdoor is not None:
+            kinds += [(m, poison) for m in self.backdoor.modes]
         out = []
         for arch in self.grid.architectures:
             for dataset in self.grid.datasets:
-                for mode in self.grid.modes:
+                for mode, poisoning in kinds:
                     train = dict(base)
                     for override in self.overrides:
                         if override.match.matches(arch, dataset, mode):
                             train.update(override.set_.explicit())
                     train = {k: _plain(v) for k, v in train.items() if v is not None}
                     for seed in self.grid.seeds:
-                        out.append(Cell(self.name, arch, dataset, mode, seed, dict(train)))
+                        out.append(
+                            Cell(self.name, arch, dataset, mode, seed, dict(train), poisoning)
+                        )
         return out
 
     # --- traceability -------------------------------------------------------------------------
@@ -410,6 +498,12 @@ class SweepSpec(_Strict):
         default", so dumping unset keys as null would change the spec on reload.
         """
         data = self.model_dump(mode="json", by_alias=True)
+        # Sections and keys added later are left out while unused, so that a sweep that does not
+        # use them keeps the spec_hash it had before they existed.
+        if data.get("backdoor") is None:
+            data.pop("backdoor", None)
+        if data["training"].get("init") is None:
+            data["training"].pop("init", None)
         data["overrides"] = [
             {
                 "match": o.match.model_dump(mode="json", exclude_none=True),
@@ -468,6 +562,22 @@ def _check_same_model(child: Cell, parent: Cell) -> None:
             )
 
 
+def _check_poisoning(poison: PoisonConfig, datasets: list[str]) -> None:
+    """The target is a class and the trigger fits the image, for each data set whose shape is
+    known without reading it (``folder:`` data sets are checked when their cells load them)."""
+    from sdn.data import dataset_info
+
+    for dataset in datasets:
+        if dataset.startswith(FOLDER_PREFIX):
+            continue
+        info = dataset_info(dataset)
+        try:
+            poison.check_classes(info.num_classes)
+            poison.trigger.box(info.image_size)
+        except SDNError as exc:
+            raise ValueError(f"backdoor on {dataset}: {exc}") from None
+
+
 def _resolve_gpus(amount: float | str, available: float, share: int | None) -> float:
     if amount != "auto":
         return float(amount)
@@ -506,7 +616,10 @@ class Cell:
     """One model to train: a point of the grid plus its resolved training overrides.
 
     ``train`` holds only the ``TrainConfig`` fields the sweep sets (after overrides, nulls
-    dropped), so TrainConfig's own defaults apply to the rest. Identity is ``run_id``.
+    dropped), so TrainConfig's own defaults apply to the rest. ``poison`` is the poisoning of a
+    backdoor cell (None: clean data). Identity is ``run_id``:
+    ``<sweep>.<arch>.<dataset>.<mode>.s<seed>``, followed by ``.<poison tag>`` for a poisoned
+    cell, so a poisoned and a clean cell never share it.
     """
 
     sweep: str
@@ -515,21 +628,32 @@ class Cell:
     mode: str
     seed: int
     train: dict[str, Any] = field(default_factory=dict, hash=False)
+    poison: PoisonConfig | None = None
 
     @property
     def dataset_slug(self) -> str:
         return dataset_slug(self.dataset)
 
     @property
+    def poison_tag(self) -> str | None:
+        """The poisoning tag (``badnets-t5-r0p10-s0-sq5at26x26-white``), None for clean data."""
+        return None if self.poison is None else self.poison.tag
+
+    def _identity(self, mode: str) -> str:
+        text = f"{self.sweep}.{self.arch}.{self.dataset_slug}.{mode}.s{self.seed}"
+        return text if self.poison is None else f"{text}.{self.poison.tag}"
+
+    @property
     def run_id(self) -> str:
-        return f"{self.sweep}.{self.arch}.{self.dataset_slug}.{self.mode}.s{self.seed}"
+        return self._identity(self.mode)
 
     @property
     def cnn_parent(self) -> str | None:
-        """The ``run_id`` of the cnn cell an ic_only cell starts from; None for other modes."""
+        """The ``run_id`` of the cnn cell an ic_only cell starts from (the poisoned cnn for a
+        poisoned ic_only); None for other modes."""
         if self.mode != "ic_only":
             return None
-        return f"{self.sweep}.{self.arch}.{self.dataset_slug}.cnn.s{self.seed}"
+        return self._identity("cnn")
 
     def train_kwargs(self, data_root: str | None = None) -> dict[str, Any]:
         """Keyword arguments for ``sdn.training.TrainConfig`` (identity + overrides)."""
@@ -548,6 +672,8 @@ class Cell:
             "mode": self.mode,
             "seed": self.seed,
             "train": _plain(dict(self.train)),
+            "poison": None if self.poison is None else self.poison.to_dict(),
+            "poison_tag": self.poison_tag,
             "run_id": self.run_id,
             "cnn_parent": self.cnn_parent,
         }
@@ -562,6 +688,7 @@ class Cell:
             mode=data["mode"],
             seed=int(data["seed"]),
             train=dict(data.get("train") or {}),
+            poison=PoisonConfig.from_dict(data["poison"]) if data.get("poison") else None,
         )
 
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from sdn import errors as sdn_errors
 from sdn.errors import SDNError
 from sdn.results import RunSummary
+from storage.parquet_format import SPLITS
 from workflows import layout
 from workflows.console import make_console
 from workflows.paths import StoragePaths
@@ -493,8 +494,12 @@ class SweepDriver:
             return True
         store = PredictionStore(self.paths.predictions)
         files = store.files_for_run(run_id)
-        # Deleted or damaged files are written again, so the catalogue never points at them.
-        return not files or not all(store.readable(f) for f in files)
+        # Deleted or damaged files are written again, so the catalogue never points at them; a
+        # poisoned run also needs its triggered splits.
+        cell = next(c for c in self.cells if c.run_id == run_id)
+        splits = ("val", "test") if cell.poison is None else SPLITS
+        written = {p.name.rsplit(".", 2)[-2] for p in files}
+        return not set(splits) <= written or not all(store.readable(f) for f in files)
 
     def _analyse(self, live, outcome: SweepOutcome) -> None:
         import ray
@@ -515,6 +520,9 @@ class SweepDriver:
             **self.spec.analysis.model_dump(mode="json"),
             "predictions_root": str(self.paths.predictions),
             "gpus": gpus,
+            # A poisoned run's early exit on triggered inputs reads its own stored choice for the
+            # target the end-of-sweep tables show (workflows.summary.summary_target).
+            "backdoor_target": self.spec.analysis.headline_target().name,
         }
         remote = ray.remote(analyse_cell).options(num_cpus=1, num_gpus=gpus, max_retries=2)
         pending = {remote.remote(self.trial_config(c), options): c for c in todo}
@@ -575,6 +583,7 @@ def _run_record(cell: Cell, **fields: Any):
         dataset=cell.dataset,
         mode=cell.mode,
         seed=cell.seed,
+        poison=cell.poison_tag,
         **fields,
     )
 

@@ -16,6 +16,10 @@ be read fails the cell with its path and the fix, rather than silently training 
 Test hooks (environment, read on the worker): ``SDN_TEST_SLOW_EPOCH_S`` sleeps after each epoch;
 ``SDN_TEST_PID_DIR`` makes each attempt append its pid, start epoch and checkpointed epochs to
 ``<dir>/<run_id>.log``.
+
+A poisoned cell (``config["poison"]``, a ``PoisonConfig`` dict) trains its ``cnn`` or ``sdn`` on
+the poisoned training split, and its ``ic_only`` on the CLEAN splits from the poisoned cnn's
+weights (the paper's setup); its MLflow run and registered model carry the poisoning's tags.
 """
 
 from __future__ import annotations
@@ -30,16 +34,19 @@ from typing import Any
 
 from ray import tune
 
-from sdn.data import load_dataset
+from sdn.backdoor import BackdoorSplits, PoisonConfig, make_backdoor_splits
+from sdn.data import DataSplits, load_dataset
 from sdn.errors import CheckpointError
 from sdn.training import TrainConfig, Trainer, recover_checkpoint
 from workflows import layout, tracking
 
-# Per-process caches: a Tune worker process that runs several cells reuses decoded data.
+# Per-process caches: a Tune worker process that runs several cells reuses decoded data (and the
+# poisoned copy of it: a clean and a poisoned cell of one data set share the clean splits).
 _DATA_CACHE: dict[tuple, Any] = {}
+_BACKDOOR_CACHE: dict[tuple, BackdoorSplits] = {}
 
 
-def _splits_for(config: dict[str, Any], train: dict[str, Any]):
+def _clean_splits(config: dict[str, Any], train: dict[str, Any]) -> DataSplits:
     key = (
         config["dataset"],
         config.get("data_root"),
@@ -48,6 +55,7 @@ def _splits_for(config: dict[str, Any], train: dict[str, Any]):
     )
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
+        _BACKDOOR_CACHE.clear()
         _DATA_CACHE[key] = load_dataset(
             config["dataset"],
             root=config.get("data_root"),
@@ -56,6 +64,48 @@ def _splits_for(config: dict[str, Any], train: dict[str, Any]):
             train_subset=train.get("train_subset"),
         )
     return _DATA_CACHE[key]
+
+
+def poison_of(config: dict[str, Any]) -> PoisonConfig | None:
+    """The cell's poisoning, None for a clean cell."""
+    raw = config.get("poison")
+    return PoisonConfig.from_dict(raw) if raw else None
+
+
+def _backdoor_for(config: dict[str, Any], train: dict[str, Any]) -> BackdoorSplits | None:
+    """The poisoned and triggered splits of a poisoned cell (None for a clean one)."""
+    poison = poison_of(config)
+    if poison is None:
+        return None
+    splits = _clean_splits(config, train)
+    key = (id(splits), poison.tag)
+    if key not in _BACKDOOR_CACHE:
+        _BACKDOOR_CACHE[key] = make_backdoor_splits(splits, poison)
+    return _BACKDOOR_CACHE[key]
+
+
+def _splits_for(config: dict[str, Any], train: dict[str, Any]) -> DataSplits:
+    """The splits a cell trains on: a poisoned ``cnn`` / ``sdn`` the poisoned ones (train
+    poisoned, val and test clean); every other cell, a poisoned ``ic_only`` included, the clean
+    ones."""
+    bd = _backdoor_for(config, train)
+    if bd is not None and config["mode"] != "ic_only":
+        return bd.poisoned
+    return _clean_splits(config, train)
+
+
+def _identity_tags(config: dict[str, Any]) -> dict[str, str]:
+    """The cell's grid tags, and for a poisoned cell its poisoning (``PoisonConfig.identity``)."""
+    tags = {
+        "architecture": config["arch"],
+        "dataset": config["dataset"],
+        "mode": config["mode"],
+        "seed": str(config["seed"]),
+    }
+    poison = poison_of(config)
+    if poison is not None:
+        tags.update(poison.identity())
+    return tags
 
 
 def _train_config(config: dict[str, Any]) -> TrainConfig:
@@ -93,10 +143,7 @@ def train_cell(config: dict[str, Any]) -> None:
         config["mlflow"].get("parent_run_id"),
         run_id,
         tags={
-            "architecture": config["arch"],
-            "dataset": config["dataset"],
-            "mode": config["mode"],
-            "seed": str(config["seed"]),
+            **_identity_tags(config),
             tracking.SWEEP_TAG: sweep,
             "code_version": config.get("code_version", "unknown"),
         },
@@ -216,16 +263,10 @@ def _finish(config, client, mlflow_run_id, trainer, final: Path, metrics) -> dic
     trainer.save(final)
 
     registry = Registry(config["mlflow"]["tracking_uri"])
-    ref = registry.log_model(
+    ref = registry.log_model(  # a poisoned cell's name ends with its tag (the "backdoor" tag)
         trainer.model,
         run_id=mlflow_run_id,
-        tags={
-            "architecture": config["arch"],
-            "dataset": config["dataset"],
-            "mode": config["mode"],
-            "seed": str(config["seed"]),
-            "sweep": config["sweep"],
-        },
+        tags={**_identity_tags(config), "sweep": config["sweep"]},
     )
     tracking.finish_run(client, mlflow_run_id, ok=True)
     result = {

@@ -12,8 +12,9 @@ and its outputs (the choices for the sweep's targets, in ``early_exit_choices``)
   grid curve (certified), by the same ``sdn.early_exit`` functions that chose the stored ones, so
   the two paths cannot disagree.
 
-Then, per (arch, dataset, mode), the run whose choice is best on validation wins
-(``sdn.early_exit.group_ranking``), unless every run is asked for.
+Then, per (arch, dataset, mode, poisoning), the run whose choice is best on validation wins
+(``sdn.early_exit.group_ranking``), unless every run is asked for. A model trained on poisoned data
+(``runs.poison``) is never ranked against a clean one.
 """
 
 from __future__ import annotations
@@ -145,10 +146,10 @@ _CHOICE_JOIN = """
 # and the stored choices of the target, as two plain scans joined in Python (measured: 18 ms
 # against 28 ms for the join in SQL, at 10,000 runs).
 _RANK_RUNS = """
-SELECT r.id, r.arch, r.dataset, r.train_mode
+SELECT r.id, r.arch, r.dataset, r.train_mode, r.poison
   FROM runs AS r
  WHERE r.id IN (SELECT run_pk FROM early_exit_frontiers WHERE policy = :policy) {terms}
- ORDER BY r.arch, r.dataset, r.train_mode, r.run_id
+ ORDER BY r.arch, r.dataset, r.train_mode, r.poison, r.run_id
 """
 _RANK_CHOICES = """
 SELECT run_pk, met, val_accuracy, val_relative_cost
@@ -160,7 +161,7 @@ SELECT run_pk, met, val_accuracy, val_relative_cost
 # Phase 2: everything shown, for the runs kept.
 _DETAILS = (
     """
-SELECT r.id, r.run_id, r.arch, r.dataset, r.train_mode, r.seed, s.name,
+SELECT r.id, r.run_id, r.arch, r.dataset, r.train_mode, r.seed, s.name, r.poison,
        c.met, c.threshold, c.delta, c.val_accuracy, c.val_relative_cost, c.val_exits,
        c.test_accuracy, c.test_relative_cost, c.test_exits,
        c.final_val_accuracy, c.final_test_accuracy
@@ -200,6 +201,7 @@ COLUMNS = [
     "run_id",
     "sweep",
     "seed",
+    "poison",
     "runs_in_group",
     "policy",
     "target",
@@ -219,7 +221,7 @@ COLUMNS = [
     "val_test_gap",
 ]
 
-# A run's choice as the details query gives it (after run_id .. sweep name).
+# A run's choice as the details query gives it (after run_id .. sweep name, poison).
 _FIELDS = (
     "met",
     "threshold",
@@ -273,7 +275,7 @@ def best_early_exit(
     if not runs:
         return _present([], target, policy, method, split, as_frame)
     stored = {row[0]: row[1:] for row in raw.execute(_RANK_CHOICES, values).fetchall()}
-    pks, archs, datasets, modes = (list(c) for c in zip(*runs, strict=True))
+    pks, archs, datasets, modes, poisons = (list(c) for c in zip(*runs, strict=True))
     none = (None, None, None)
     met, val_acc, val_cost = (
         list(c) for c in zip(*(stored.get(pk, none) for pk in pks), strict=True)
@@ -294,7 +296,7 @@ def best_early_exit(
     rows = np.array([position[pk] for pk in keep_pks], dtype=np.int64)
     new_group = np.zeros(len(pks), dtype=bool)
     new_group[0] = True
-    for column in (archs, datasets, modes):
+    for column in (archs, datasets, modes, poisons):
         values_ = np.asarray(column, dtype=object)
         new_group[1:] |= values_[1:] != values_[:-1]
     groups = (np.cumsum(new_group) - 1)[rows]
@@ -320,10 +322,10 @@ def best_early_exit(
     records = []
     for i, pk in zip(keep.tolist(), kept, strict=True):
         row = details[pk]
-        choice = dict(zip(_FIELDS, row[7:], strict=True))
+        choice = dict(zip(_FIELDS, row[8:], strict=True))
         if pk in fresh:
             choice = fresh[pk]
-        records.append((row[1:7], choice, int(sizes[group_of[i]])))
+        records.append((row[1:8], choice, int(sizes[group_of[i]])))
     return _present(records, target, policy, method, split, as_frame)
 
 
@@ -339,7 +341,7 @@ def _present(
     ``as_frame=False``: ``(COLUMNS, rows)`` with plain tuples (no pandas)."""
     on = "val" if split == "val" else "test"
     out = []
-    for (run_id, arch, dataset, mode, seed, sweep), c, size in records:
+    for (run_id, arch, dataset, mode, seed, sweep, poison), c, size in records:
         accuracy, final = c[f"{on}_accuracy"], c[f"final_{on}_accuracy"]
         val_drop = c["final_val_accuracy"] - c["val_accuracy"]
         test_drop = (
@@ -355,6 +357,7 @@ def _present(
                 "run_id": run_id,
                 "sweep": sweep,
                 "seed": seed,
+                "poison": poison,
                 "runs_in_group": size,
                 "policy": policy,
                 "target": target.name,

@@ -91,28 +91,45 @@ def upgrade(engine: Engine, path: Path) -> tuple[str | None, str]:
     Runs in one ``BEGIN IMMEDIATE`` transaction: when several processes open a new catalogue at
     once, the first creates the schema and the others wait, then find it current. SQLite's DDL is
     transactional, so a failed migration leaves the file as it was.
+
+    Foreign keys are switched off around the transaction, as SQLite's procedure for changing a
+    table's schema says (the pragma is a no-op inside a transaction): a migration that rebuilds a
+    parent table (``runs``) drops the old copy, and with foreign keys on that drop would cascade
+    into every child row. ``PRAGMA foreign_key_check`` must come back empty before the commit.
     """
     from alembic import command
     from sqlalchemy import inspect
 
     from storage.catalogue.db import WRITE
 
-    with engine.execution_options(**WRITE).begin() as conn:
-        current = current_revision(conn)
-        head = head_revision()
-        if current == head:
-            return current, head
-        if current is None:
-            tables = set(inspect(conn).get_table_names())
-            if tables:
-                raise StorageError(
-                    f"catalogue {path} is a SQLite database of another application "
-                    f"(tables: {', '.join(sorted(tables)[:5])}); choose a new catalogue file"
-                )
-        elif current not in known_revisions():
-            raise StorageError(
-                f"catalogue {path} has schema revision {current}, newer than this sdn-workflows "
-                f"(knows up to {head}); upgrade sdn-workflows"
-            )
-        command.upgrade(alembic_config(conn), "head")
-        return current, head
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.execution_options(**WRITE).begin():
+                current = current_revision(conn)
+                head = head_revision()
+                if current == head:
+                    return current, head
+                if current is None:
+                    tables = set(inspect(conn).get_table_names())
+                    if tables:
+                        raise StorageError(
+                            f"catalogue {path} is a SQLite database of another application "
+                            f"(tables: {', '.join(sorted(tables)[:5])}); choose a new catalogue file"
+                        )
+                elif current not in known_revisions():
+                    raise StorageError(
+                        f"catalogue {path} has schema revision {current}, newer than this "
+                        f"sdn-workflows (knows up to {head}); upgrade sdn-workflows"
+                    )
+                command.upgrade(alembic_config(conn), "head")
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StorageError(
+                        f"catalogue {path}: upgrading to {head} would leave {len(broken)} rows "
+                        f"pointing at missing rows (e.g. table {broken[0][0]}); nothing was changed"
+                    )
+                return current, head
+        finally:
+            raw.execute("PRAGMA foreign_keys = ON")

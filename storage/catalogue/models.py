@@ -68,11 +68,15 @@ class Sweep(Base):
 
 
 class Run(Base):
-    """One trained model: a grid cell (sweep, arch, dataset, mode, seed) and where its parts are."""
+    """One trained model: a grid cell (sweep, arch, dataset, mode, seed, poisoning) and where its
+    parts are. ``poison`` is the poisoning tag of a model trained on poisoned data
+    (``sdn.backdoor.PoisonConfig.tag``), ``''`` for a clean one: part of the cell's identity."""
 
     __tablename__ = "runs"
     __table_args__ = (
-        UniqueConstraint("sweep_id", "arch", "dataset", "train_mode", "seed", name="uq_runs_cell"),
+        UniqueConstraint(
+            "sweep_id", "arch", "dataset", "train_mode", "seed", "poison", name="uq_runs_cell"
+        ),
         Index("ix_runs_grid", "arch", "dataset", "train_mode", "seed"),
         Index("ix_runs_dataset_mode", "dataset", "train_mode"),
         Index("ix_runs_status", "status"),
@@ -100,12 +104,15 @@ class Run(Base):
     num_exits: Mapped[int | None]
     cnn_flops: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    poison: Mapped[str] = mapped_column(String, default="", server_default="")
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     exit_results: Mapped[list[ExitResult]] = relationship(passive_deletes=True)
     early_exit_points: Mapped[list[EarlyExitPoint]] = relationship(passive_deletes=True)
     early_exit_choices: Mapped[list[EarlyExitChoice]] = relationship(passive_deletes=True)
     overthinking: Mapped[Overthinking | None] = relationship(passive_deletes=True)
+    backdoor_exits: Mapped[list[BackdoorExit]] = relationship(passive_deletes=True)
+    backdoor_summary: Mapped[BackdoorSummaryRow | None] = relationship(passive_deletes=True)
 
 
 class ExitResult(Base):
@@ -231,3 +238,56 @@ class Overthinking(Base):
     max_softmax_auroc: Mapped[float | None]
     confusion_mean: Mapped[float]
     confusion_std: Mapped[float]
+
+
+class BackdoorExit(Base):
+    """A poisoned run's backdoor figures at one exit, on ``test`` and ``test_triggered``
+    (``sdn.backdoor_metrics``): accuracy on clean inputs, accuracy on triggered inputs against the
+    true labels, attack success (share of triggered non-target inputs answered with the target)
+    and the same share on clean non-target inputs (the base rate)."""
+
+    __tablename__ = "backdoor_exits"
+    __table_args__ = (UniqueConstraint("run_pk", "exit_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    exit_index: Mapped[int]
+    is_final: Mapped[bool]
+    clean_accuracy: Mapped[float]
+    triggered_accuracy: Mapped[float]
+    attack_success: Mapped[float]
+    clean_target_rate: Mapped[float]
+
+
+class BackdoorSummaryRow(Base):
+    """A poisoned run's backdoor figures as a whole (test split and its triggered twin).
+
+    ``destructive_fraction``: of the triggered inputs the final head gets wrong, the share some IC
+    got right; ``confusion_auroc`` / ``max_softmax_auroc``: telling triggered from clean
+    non-target inputs; ``early_exit_*``: early exit on triggered inputs at the threshold of the
+    run's stored choice ``early_exit_target`` (confidence, empirical, chosen on clean val;
+    threshold NULL = off), with the clean split's accuracy and cost at the same threshold. All
+    ``early_exit_*`` are NULL when the run has no such choice.
+    """
+
+    __tablename__ = "backdoor_summaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)
+    target: Mapped[int]
+    num_clean: Mapped[int]
+    num_triggered: Mapped[int]
+    num_target_excluded: Mapped[int]
+    destructive_fraction: Mapped[float]
+    destructive_per_ic: Mapped[list[float]]
+    destroyed_share: Mapped[float]
+    confusion_auroc: Mapped[float | None]
+    max_softmax_auroc: Mapped[float | None]
+    early_exit_target: Mapped[str | None]
+    early_exit_threshold: Mapped[float | None]
+    early_exit_accuracy: Mapped[float | None]
+    early_exit_attack_success: Mapped[float | None]
+    early_exit_relative_cost: Mapped[float | None]
+    early_exit_exits: Mapped[list[int] | None]
+    early_exit_clean_accuracy: Mapped[float | None]
+    early_exit_clean_relative_cost: Mapped[float | None]

@@ -15,6 +15,8 @@ from sdn.early_exit import Target
 from sdn.errors import SDNError
 from storage.catalogue import early_exit
 from storage.catalogue.models import (
+    BackdoorExit,
+    BackdoorSummaryRow,
     ExitResult,
     Overthinking,
     Run,
@@ -31,9 +33,10 @@ RUN_FILTERS = {
     "status": Run.status,
     "sweep": Sweep.name,
     "run_id": Run.run_id,
+    "poison": Run.poison,
 }
 
-# What identifies a run in every result table, in this order.
+# What identifies a run in every result table, in this order (``poison``: '' for clean data).
 RUN_COLUMNS = [
     Run.run_id,
     Sweep.name.label("sweep"),
@@ -41,6 +44,7 @@ RUN_COLUMNS = [
     Run.dataset,
     Run.train_mode,
     Run.seed,
+    Run.poison,
 ]
 
 
@@ -137,6 +141,41 @@ def overthinking(conn: Connection, **filters: Any) -> pd.DataFrame:
     return frame(conn, statement)
 
 
+def backdoor(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """Per exit of every matching poisoned run (test split and its triggered twin): clean
+    accuracy, triggered accuracy (true labels), attack success (triggered non-target inputs
+    answered with the target) and the clean base rate of that answer."""
+    statement = (
+        select(
+            *RUN_COLUMNS,
+            BackdoorExit.exit_index,
+            BackdoorExit.is_final,
+            BackdoorExit.clean_accuracy,
+            BackdoorExit.triggered_accuracy,
+            BackdoorExit.attack_success,
+            BackdoorExit.clean_target_rate,
+        )
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .join(BackdoorExit, BackdoorExit.run_pk == Run.id)
+        .where(*_conditions(filters))
+        .order_by(Run.run_id, BackdoorExit.exit_index)
+    )
+    return frame(conn, statement)
+
+
+def backdoor_summaries(conn: Connection, **filters: Any) -> pd.DataFrame:
+    """One row per matching poisoned run: every column of ``backdoor_summaries``."""
+    columns = [c for c in BackdoorSummaryRow.__table__.c if c.name not in ("id", "run_pk")]
+    statement = (
+        select(*RUN_COLUMNS, *columns)
+        .join(Sweep, Run.sweep_id == Sweep.id)
+        .join(BackdoorSummaryRow, BackdoorSummaryRow.run_pk == Run.id)
+        .where(*_conditions(filters))
+        .order_by(Run.run_id)
+    )
+    return frame(conn, statement)
+
+
 def best_early_exit(
     conn: Connection,
     max_accuracy_drop: float | None = None,
@@ -153,7 +192,7 @@ def best_early_exit(
     Per run, ``sdn.early_exit`` chooses on the validation split: the cheapest point within
     ``max_accuracy_drop`` of the final head's validation accuracy, or the most accurate within
     ``cost_budget`` (relative to the CNN); with ``delta``, the certified choice instead (the
-    target holds on new data with probability >= 1 - delta). Then per (arch, dataset, mode) the
+    target holds on new data with probability >= 1 - delta). Then per (arch, dataset, mode, poison) the
     run whose choice is best on validation is kept (met first; drop: lowest val cost, then
     highest val accuracy; budget: highest val accuracy, then lowest val cost; then run id),
     unless ``per_run``. Runs without an analysis are left out; runs whose target is unmet are

@@ -32,7 +32,9 @@ from storage.errors import StorageError, one_line
 MODES = ("cnn", "ic_only", "sdn")
 STATUSES = ("pending", "running", "trained", "done", "failed", "skipped")
 SPLITS = ("val", "test")
-JSON_COLUMNS = frozenset({"config", "spec", "exits_per_output"})
+JSON_COLUMNS = frozenset(
+    {"config", "spec", "exits_per_output", "destructive_per_ic", "early_exit_exits"}
+)
 MAX_VALUE_BYTES = 64 << 20  # the largest string or blob a query may build
 
 
@@ -143,7 +145,8 @@ class Reader:
         terms, params = sql_conditions(filters)
         where = ("WHERE " + " AND ".join(terms.values())) if terms else ""
         return self.query(
-            "SELECT r.run_id, s.name AS sweep, r.arch, r.dataset, r.train_mode, r.seed, r.width, "
+            "SELECT r.run_id, s.name AS sweep, r.arch, r.dataset, r.train_mode, r.seed, r.poison, "
+            "r.width, "
             "r.epochs, r.status, r.started_at, r.ended_at, r.mlflow_run_id, r.model_name, "
             "r.model_version, r.parquet_path, r.code_version, r.num_exits, r.cnn_flops, r.error, "
             "(SELECT max(e.accuracy) FROM exit_results AS e "
@@ -183,6 +186,48 @@ class Reader:
         except sqlite3.Error as exc:
             raise StorageError(f"catalogue {self.path}: query failed: {one_line(exc)}") from None
         return Rows(columns, rows)
+
+    def backdoor(self, **filters: Any) -> Rows:
+        """``Catalogue.backdoor`` without pandas: per exit of every matching poisoned run,
+        clean accuracy, triggered accuracy, attack success and the clean base rate, with the
+        run's backdoor summary figures on each of its rows (for the CLI's one table)."""
+        terms, params = sql_conditions(filters)
+        where = "".join(f" AND {t}" for t in terms.values())
+        return self.query(
+            "SELECT r.run_id, s.name AS sweep, r.arch, r.dataset, r.train_mode, r.seed, r.poison, "
+            "e.exit_index, e.is_final, e.clean_accuracy, e.triggered_accuracy, e.attack_success, "
+            "e.clean_target_rate, b.target, b.num_triggered, b.destructive_fraction, "
+            "b.destroyed_share, b.confusion_auroc, b.max_softmax_auroc, b.early_exit_target, "
+            "b.early_exit_threshold, b.early_exit_accuracy, b.early_exit_attack_success, "
+            "b.early_exit_relative_cost "
+            "FROM runs AS r JOIN sweeps AS s ON s.id = r.sweep_id "
+            "JOIN backdoor_exits AS e ON e.run_pk = r.id "
+            "LEFT JOIN backdoor_summaries AS b ON b.run_pk = r.id "
+            f"WHERE 1 {where} ORDER BY r.run_id, e.exit_index",
+            params,
+        )
+
+    def backdoor_summaries(self, **filters: Any) -> Rows:
+        """One row per matching poisoned run: the run's identity and its ``backdoor_summaries``
+        row, with the final head's clean accuracy, triggered accuracy and attack success."""
+        terms, params = sql_conditions(filters)
+        where = "".join(f" AND {t}" for t in terms.values())
+        return self.query(
+            "SELECT r.run_id, s.name AS sweep, r.arch, r.dataset, r.train_mode, r.seed, r.poison, "
+            "f.clean_accuracy AS final_clean_accuracy, "
+            "f.triggered_accuracy AS final_triggered_accuracy, "
+            "f.attack_success AS final_attack_success, b.target, b.num_clean, b.num_triggered, "
+            "b.num_target_excluded, b.destructive_fraction, b.destructive_per_ic, "
+            "b.destroyed_share, b.confusion_auroc, b.max_softmax_auroc, b.early_exit_target, "
+            "b.early_exit_threshold, b.early_exit_accuracy, b.early_exit_attack_success, "
+            "b.early_exit_relative_cost, b.early_exit_exits, b.early_exit_clean_accuracy, "
+            "b.early_exit_clean_relative_cost "
+            "FROM runs AS r JOIN sweeps AS s ON s.id = r.sweep_id "
+            "JOIN backdoor_summaries AS b ON b.run_pk = r.id "
+            "LEFT JOIN backdoor_exits AS f ON f.run_pk = r.id AND f.is_final "
+            f"WHERE 1 {where} ORDER BY r.run_id",
+            params,
+        )
 
     def known_values(self, name: str) -> list[Any]:
         """The values filter ``name`` can match in this catalogue (sorted)."""
@@ -288,6 +333,7 @@ _RUN_COLUMNS = {
     "seed": "seed",
     "status": "status",
     "run_id": "run_id",
+    "poison": "poison",
 }
 
 

@@ -4,8 +4,9 @@ The catalogue is derived data. What it holds comes from two places that outlive 
 
 * MLflow, laid out as ``storage.mlflow_layout`` says: one experiment ``sweep-<name>`` per sweep,
   whose parent run (tag ``sdn.kind=sweep``) carries the spec as ``sweep/spec.json``, and one
-  nested run per cell (tag ``sdn.kind=cell``, ``sdn.run_id``, grid tags, ``train.*`` params) that
-  carries its analysis as ``analysis/summary.json``; registered model versions name their run;
+  nested run per cell (tag ``sdn.kind=cell``, ``sdn.run_id``, grid tags, ``train.*`` params; a
+  poisoned cell also ``backdoor`` = its poisoning tag) that carries its analysis as
+  ``analysis/summary.json`` (backdoor figures included); registered model versions name their run;
 * the Parquet predictions, whose footers name their run (``sdn.run_id``) and split.
 
 :func:`rebuild` reads them into a *new* SQLite file next to the catalogue and, only when that file
@@ -54,6 +55,7 @@ from storage.mlflow_layout import (
     ERROR_TAG,
     EXPERIMENT_PREFIX,
     KIND_TAG,
+    POISON_TAG,
     RUN_ID_TAG,
     SPEC_ARTIFACT,
     SUMMARY_ARTIFACT,
@@ -433,7 +435,10 @@ class _Loader:
         except ValueError as exc:
             raise StorageError(f"{where} has a malformed seed or train param: {exc}") from None
 
-        version = _pick_version(models.get(info.run_id, []), tags["architecture"], tags["dataset"])
+        poison = tags.get(POISON_TAG) or ""
+        version = _pick_version(
+            models.get(info.run_id, []), tags["architecture"], tags["dataset"], poison
+        )
         files = self.predictions.get(run_id, {})
         raw = self._json_artifact(run, SUMMARY_ARTIFACT, scratch / info.run_id)
         rows = None
@@ -478,6 +483,7 @@ class _Loader:
             code_version=tags.get("code_version") or params.get("code_version"),
             config=config if isinstance(config, dict) else dict(params),
             error=error,
+            poison=poison,
         )
         self.sweep_names.add(record.sweep)
         self.counts["sweeps"] = len(self.sweep_names)
@@ -496,7 +502,7 @@ def _param(params: dict[str, str], key: str, kind: type) -> Any:
     return kind(value)
 
 
-def _pick_version(versions: list[Any], arch: str, dataset: str) -> Any | None:
+def _pick_version(versions: list[Any], arch: str, dataset: str, poison: str = "") -> Any | None:
     """The run's registered version: under the cell's own model name if it has one there, else
     the newest (as ``Registry.resolve('runs:/<id>')`` picks)."""
     if not versions:
@@ -505,7 +511,7 @@ def _pick_version(versions: list[Any], arch: str, dataset: str) -> Any | None:
 
     own = []
     with contextlib.suppress(StorageError):
-        names = {registered_model_name(arch, dataset, m) for m in MODES}
+        names = {registered_model_name(arch, dataset, m, poison) for m in MODES}
         own = [v for v in versions if v.name in names]
     return max(own or versions, key=lambda v: (v.creation_timestamp or 0, int(v.version)))
 
@@ -575,6 +581,7 @@ def _write_batch(conn: Connection, batch: _SweepBatch) -> None:
                 "dataset": r.dataset,
                 "train_mode": r.mode,
                 "seed": r.seed,
+                "poison": r.poison or "",
                 "width": r.width,
                 "epochs": r.epochs,
                 "status": r.status,

@@ -52,7 +52,10 @@ def _now() -> datetime:
 @dataclass
 class RunRecord:
     """What the catalogue keeps about a run. ``None`` fields leave a stored value unchanged, so a
-    run can be recorded in stages (started, trained, registered) by whoever knows each part."""
+    run can be recorded in stages (started, trained, registered) by whoever knows each part.
+
+    ``poison`` is part of the identity (the cell's poisoning tag, ``sdn.backdoor.PoisonConfig.tag``;
+    None or ``''``: trained on clean data), so it is always written."""
 
     run_id: str
     sweep: str
@@ -72,6 +75,7 @@ class RunRecord:
     code_version: str | None = None
     config: dict[str, Any] | None = None
     error: str | None = None
+    poison: str | None = None
 
 
 class Catalogue:
@@ -220,6 +224,7 @@ class Catalogue:
                 "dataset": record.dataset,
                 "train_mode": record.mode,
                 "seed": int(record.seed),
+                "poison": record.poison or "",
                 "updated_at": _now(),
             }
             values = {**identity, **optional}
@@ -262,8 +267,8 @@ class Catalogue:
         self._write(f"set_status {run_id!r}", action)
 
     def record_summary(self, run_id: str, summary: RunSummary) -> None:
-        """Replace the run's per-exit results, early-exit points, frontier and overthinking row
-        with those of ``summary``, in one transaction."""
+        """Replace the run's per-exit results, early-exit points, frontier, overthinking row and
+        backdoor figures (poisoned runs) with those of ``summary``, in one transaction."""
         rows = summary_rows(summary)
 
         def action(conn: Connection) -> None:
@@ -300,6 +305,15 @@ class Catalogue:
         """Overthinking summaries of matching runs."""
         return self._read(lambda conn: queries.overthinking(conn, **filters))
 
+    def backdoor(self, **filters: Any) -> pd.DataFrame:
+        """Backdoor figures of matching poisoned runs, one row per run x exit (see
+        :func:`storage.catalogue.queries.backdoor`)."""
+        return self._read(lambda conn: queries.backdoor(conn, **filters))
+
+    def backdoor_summaries(self, **filters: Any) -> pd.DataFrame:
+        """One row of backdoor figures per matching poisoned run."""
+        return self._read(lambda conn: queries.backdoor_summaries(conn, **filters))
+
     def best_early_exit(
         self,
         max_accuracy_drop: float | None = None,
@@ -311,7 +325,7 @@ class Catalogue:
         per_run: bool = False,
         **filters: Any,
     ) -> pd.DataFrame:
-        """Best operating point per (arch, dataset, mode), chosen on validation by
+        """Best operating point per (arch, dataset, mode, poison), chosen on validation by
         ``sdn.early_exit`` (certified at ``delta`` when given); see
         :func:`storage.catalogue.queries.best_early_exit` for the rule and columns."""
         return self._read(

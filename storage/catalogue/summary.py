@@ -7,7 +7,7 @@ runs in one transaction with the same code ``Catalogue.record_summary`` uses for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,8 @@ from sdn.early_exit import METHODS, POLICIES
 from sdn.results import RunSummary
 from storage.catalogue.early_exit import choice_row, frontier_row
 from storage.catalogue.models import (
+    BackdoorExit,
+    BackdoorSummaryRow,
     EarlyExitChoice,
     EarlyExitFrontier,
     EarlyExitPoint,
@@ -46,11 +48,24 @@ class SummaryRows:
     frontiers: list[dict[str, Any]]
     choices: list[dict[str, Any]]
     overthinking: dict[str, Any] | None
+    backdoor_exits: list[dict[str, Any]] = field(default_factory=list)
+    backdoor_summary: dict[str, Any] | None = None
+
+
+_RESULT_TABLES = (
+    EarlyExitChoice,
+    EarlyExitFrontier,
+    EarlyExitPoint,
+    ExitResult,
+    Overthinking,
+    BackdoorExit,
+    BackdoorSummaryRow,
+)
 
 
 def write_summary(conn: Connection, run_pk: int, run_id: str, rows: SummaryRows) -> None:
     """Replace run ``run_pk``'s result rows inside the caller's transaction."""
-    for model in (EarlyExitChoice, EarlyExitFrontier, EarlyExitPoint, ExitResult, Overthinking):
+    for model in _RESULT_TABLES:
         conn.execute(delete(model).where(model.run_pk == run_pk))
     if rows.exits:
         conn.execute(ExitResult.__table__.insert(), [{**r, "run_pk": run_pk} for r in rows.exits])
@@ -63,6 +78,14 @@ def write_summary(conn: Connection, run_pk: int, run_id: str, rows: SummaryRows)
             conn.execute(model.__table__.insert(), [{**r, "run_pk": run_pk} for r in values])
     if rows.overthinking is not None:
         conn.execute(Overthinking.__table__.insert(), {**rows.overthinking, "run_pk": run_pk})
+    if rows.backdoor_exits:
+        conn.execute(
+            BackdoorExit.__table__.insert(), [{**r, "run_pk": run_pk} for r in rows.backdoor_exits]
+        )
+    if rows.backdoor_summary is not None:
+        conn.execute(
+            BackdoorSummaryRow.__table__.insert(), {**rows.backdoor_summary, "run_pk": run_pk}
+        )
     conn.execute(
         update(Run)
         .where(Run.id == run_pk)
@@ -155,6 +178,7 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
             "confusion_mean": float(o.confusion_mean),
             "confusion_std": float(o.confusion_std),
         }
+    backdoor_exits, backdoor = _backdoor_rows(summary)
     return SummaryRows(
         num_exits=e,
         cnn_flops=float(summary.cnn_cost),
@@ -163,7 +187,63 @@ def summary_rows(summary: RunSummary) -> SummaryRows:
         frontiers=frontier_rows,
         choices=choice_rows,
         overthinking=over,
+        backdoor_exits=backdoor_exits,
+        backdoor_summary=backdoor,
     )
+
+
+def _fraction(value: Any, what: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise StorageError(f"backdoor summary has {what} {value!r} outside [0, 1]")
+    return number
+
+
+def _backdoor_rows(summary: RunSummary) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """``backdoor_exits`` and ``backdoor_summaries`` values of a poisoned run's summary."""
+    b = summary.backdoor
+    if b is None:
+        return [], None
+    e = summary.num_exits
+    if b.num_exits != e:
+        raise StorageError(f"backdoor summary has {b.num_exits} exits for a run of {e}")
+    per_exit = (b.clean_accuracy, b.triggered_accuracy, b.attack_success, b.clean_target_rate)
+    if any(len(values) != e for values in per_exit):
+        raise StorageError(f"backdoor summary's per-exit lists do not all have {e} entries")
+    exit_rows = [
+        {
+            "exit_index": k,
+            "is_final": k == e - 1,
+            "clean_accuracy": _fraction(b.clean_accuracy[k], "a clean accuracy"),
+            "triggered_accuracy": _fraction(b.triggered_accuracy[k], "a triggered accuracy"),
+            "attack_success": _fraction(b.attack_success[k], "an attack success"),
+            "clean_target_rate": _fraction(b.clean_target_rate[k], "a clean target rate"),
+        }
+        for k in range(e)
+    ]
+    early = b.early_exit
+    row = {
+        "target": int(b.target),
+        "num_clean": int(b.num_clean),
+        "num_triggered": int(b.num_triggered),
+        "num_target_excluded": int(b.num_target_excluded),
+        "destructive_fraction": _fraction(b.destructive_fraction, "a destructive fraction"),
+        "destructive_per_ic": [float(x) for x in b.destructive_per_ic],
+        "destroyed_share": _fraction(b.destroyed_share, "a destroyed share"),
+        "confusion_auroc": _float_or_none(b.confusion_auroc),
+        "max_softmax_auroc": _float_or_none(b.max_softmax_auroc),
+        "early_exit_target": None if early is None else early.chosen_for,
+        "early_exit_threshold": None if early is None else _float_or_none(early.threshold),
+        "early_exit_accuracy": None if early is None else float(early.accuracy),
+        "early_exit_attack_success": None if early is None else float(early.attack_success),
+        "early_exit_relative_cost": None if early is None else _float_or_none(early.relative_cost),
+        "early_exit_exits": None if early is None else [int(c) for c in early.exit_counts],
+        "early_exit_clean_accuracy": None if early is None else float(early.clean_accuracy),
+        "early_exit_clean_relative_cost": None
+        if early is None
+        else _float_or_none(early.clean_relative_cost),
+    }
+    return exit_rows, row
 
 
 def _calibration_columns(calibration: Any) -> dict[str, Any]:
