@@ -237,6 +237,23 @@ def test_cli_catalogue_backdoor(cli, swept):
     assert code == 0 and len(json.loads(out)) == 3
 
 
+def test_report_has_the_backdoor_section(cli, swept, tmp_path):
+    """The report shows the stored backdoor rows: one table row per poisoned run, the attack
+    success figure, and a detection figure per poisoned run (from the triggered Parquet split)."""
+    spec, _ = swept
+    code, _, err = cli("report", spec.name, "--out", str(tmp_path / "r"), "--no-mlflow")
+    assert code == 0, err
+    page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    assert 'id="backdoor"' in page and 'data-table="backdoor"' in page
+    with Catalogue(spec.storage_paths().catalogue) as cat:
+        poisoned = len(cat.backdoor_summaries())
+    table = page.split('data-table="backdoor"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr") - 1 == poisoned == 3  # header row + one per poisoned run
+    pngs = sorted(p.name for p in (tmp_path / "r").rglob("backdoor_*.png"))
+    assert pngs.count("backdoor_attack_success.png") == 1
+    assert pngs.count("backdoor_detection.png") == poisoned
+
+
 def test_rebuild_restores_the_backdoor_tables(swept, tmp_path):
     spec, _ = swept
     paths = spec.storage_paths()
