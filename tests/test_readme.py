@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 READ_COMMANDS = {
     "sdn sweep status", "sdn catalogue exits", "sdn catalogue early-exit",
-    "sdn catalogue overthinking", "sdn catalogue sql", "sdn report", "sdn sweep validate",
+    "sdn catalogue overthinking", "sdn catalogue backdoor", "sdn catalogue sql", "sdn report",
+    "sdn sweep validate",
 }  # fmt: skip
 MODEL_COMMANDS = {"sdn models list", "sdn models get", "sdn models predict"}
 NOT_RUN = {"sdn sweep resume", "sdn sweep launch"}  # they train: parsed only
