@@ -168,6 +168,37 @@ def images_for(ctx: ReportContext, run: Any) -> TestImages | Missing:
     return found
 
 
+@dataclass(frozen=True)
+class RunSamples:
+    """What a per-sample figure of one run draws from: the chosen samples, the run's stored test
+    outputs and the test images they index."""
+
+    chosen: Examples
+    outputs: Outputs
+    images: TestImages
+
+
+NO_DESTRUCTIVE = Missing("the final head destroys no IC's right answer")
+
+
+def run_samples(ctx: ReportContext, run: Any, *, destructive: bool = False) -> RunSamples | Missing:
+    """The run's chosen samples with their outputs and images, or why a section cannot draw them
+    (``destructive``: the section needs at least one destructive sample). One order of checks
+    for every per-sample section, so a run is skipped for the same reason everywhere."""
+    chosen = examples(ctx, run)
+    if isinstance(chosen, Missing):
+        return chosen
+    if destructive and chosen.destructive.size == 0:
+        return NO_DESTRUCTIVE
+    images = images_for(ctx, run)
+    if isinstance(images, Missing):
+        return images
+    outputs = test_outputs(ctx, run.run_id)
+    if outputs is None:  # examples() found them; memoised, so never reached in practice
+        return Missing("no test predictions in Parquet")
+    return RunSamples(chosen, outputs, images)
+
+
 # ---------------------------------------------------------------------------- models
 def _registry(ctx: ReportContext) -> Any:
     def connect() -> Any:

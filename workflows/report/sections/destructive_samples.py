@@ -9,15 +9,7 @@ from sdn.qualitative import first_right_ic
 from workflows.report import sample_plots, section
 from workflows.report.context import ReportContext
 from workflows.report.html import Block, Figures, Note
-from workflows.report.samples import (
-    Missing,
-    examples,
-    folder_of,
-    images_for,
-    missing_notes,
-    runs_with_ics,
-    test_outputs,
-)
+from workflows.report.samples import Missing, folder_of, missing_notes, run_samples, runs_with_ics
 
 
 @section("destructive-samples", "Destructive samples", order=56)
@@ -27,18 +19,11 @@ def destructive_samples(ctx: ReportContext) -> list[Block] | None:
         return None
     figures, missing = [], []
     for run in runs:
-        chosen = examples(ctx, run)
-        if isinstance(chosen, Missing):
-            missing.append((run, chosen))
+        found = run_samples(ctx, run, destructive=True)
+        if isinstance(found, Missing):
+            missing.append((run, found))
             continue
-        if chosen.destructive.size == 0:
-            missing.append((run, Missing("the final head destroys no IC's right answer")))
-            continue
-        images = images_for(ctx, run)
-        if isinstance(images, Missing):
-            missing.append((run, images))
-            continue
-        outputs = test_outputs(ctx, run.run_id)
+        chosen, outputs, images = found.chosen, found.outputs, found.images
         rows = chosen.destructive
         index = outputs.sample_index[rows]
         names = [images.label_name(c) for c in range(images.info.num_classes)]

@@ -18,24 +18,25 @@ from workflows.report.html import Block, Figures, Note
 from workflows.report.samples import (
     N_GRADCAM,
     Missing,
-    examples,
+    RunSamples,
     folder_of,
-    images_for,
     missing_notes,
     model_for,
+    run_samples,
     runs_with_ics,
-    test_outputs,
 )
 
 
-def _maps(ctx: ReportContext, run: Any, images: Any, model: Any, rows: Any) -> tuple[Any, str]:
+def _maps(
+    ctx: ReportContext, run: Any, found: RunSamples, model: Any, rows: Any
+) -> tuple[Any, str]:
     """The figure for ``rows`` of the run's outputs, and a note ('' when none is needed)."""
     import torch
 
     from sdn.data import BatchIterator, ImageSet
     from sdn.gradcam import exit_predictions, gradcam
 
-    outputs = test_outputs(ctx, run.run_id)
+    outputs, images = found.outputs, found.images
     index = outputs.sample_index[rows]
     picked = ImageSet(images.images[torch.as_tensor(index)],
                       torch.as_tensor(outputs.labels[rows], dtype=torch.int64))  # fmt: skip
@@ -74,23 +75,15 @@ def gradcam_section(ctx: ReportContext) -> list[Block] | None:
         return None
     figures, missing, notes = [], [], []
     for run in runs:
-        chosen = examples(ctx, run)
-        if isinstance(chosen, Missing):
-            missing.append((run, chosen))
-            continue
-        rows = chosen.destructive[:N_GRADCAM]
-        if rows.size == 0:
-            missing.append((run, Missing("the final head destroys no IC's right answer")))
-            continue
-        images = images_for(ctx, run)
-        if isinstance(images, Missing):
-            missing.append((run, images))
+        found = run_samples(ctx, run, destructive=True)
+        if isinstance(found, Missing):
+            missing.append((run, found))
             continue
         model = model_for(ctx, run)
         if isinstance(model, Missing):
             missing.append((run, model))
             continue
-        fig, note = _maps(ctx, run, images, model, rows)
+        fig, note = _maps(ctx, run, found, model, found.chosen.destructive[:N_GRADCAM])
         if note:
             notes.append(Note(note))
         figures.append(ctx.figure(

@@ -9,15 +9,7 @@ from __future__ import annotations
 from workflows.report import sample_plots, section
 from workflows.report.context import ReportContext
 from workflows.report.html import Block, Figures, Note
-from workflows.report.samples import (
-    Missing,
-    examples,
-    folder_of,
-    images_for,
-    missing_notes,
-    runs_with_ics,
-    test_outputs,
-)
+from workflows.report.samples import Missing, folder_of, missing_notes, run_samples, runs_with_ics
 
 
 @section("simple-complex", "Simple and complex samples", order=54)
@@ -27,15 +19,11 @@ def simple_complex(ctx: ReportContext) -> list[Block] | None:
         return None
     figures, missing = [], []
     for run in runs:
-        chosen = examples(ctx, run)
-        if isinstance(chosen, Missing):
-            missing.append((run, chosen))
+        found = run_samples(ctx, run)
+        if isinstance(found, Missing):
+            missing.append((run, found))
             continue
-        images = images_for(ctx, run)
-        if isinstance(images, Missing):
-            missing.append((run, images))
-            continue
-        outputs = test_outputs(ctx, run.run_id)
+        chosen, outputs, images = found.chosen, found.outputs, found.images
         rows = {}
         for kind, exit_index, name in (("simple", 0, "IC0"),
                                        ("complex", outputs.num_exits - 1, "final")):  # fmt: skip
