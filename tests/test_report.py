@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_home import build_home, expected_rows
+from report_home import expected_rows
 from typer.testing import CliRunner
 
 from sdn.early_exit import format_threshold, unmet_label
@@ -27,17 +27,13 @@ SWEEP = "quickstart"
 
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_home(tmp_path_factory.mktemp("report home ü") / "home")
+def home(quickstart_report: tuple[Path, Path, list[Path]]) -> Path:
+    return quickstart_report[0]
 
 
 @pytest.fixture(scope="module")
-def built(home: Path) -> tuple[Path, list[Path]]:
-    from workflows.report import make_report
-
-    folder = home / "built"
-    with Catalogue(home / "catalogue.db", read_only=True) as cat:
-        files = make_report(cat, SWEEP, folder, predictions_root=home / "predictions")
+def built(quickstart_report: tuple[Path, Path, list[Path]]) -> tuple[Path, list[Path]]:
+    _, folder, files = quickstart_report
     return folder, files
 
 

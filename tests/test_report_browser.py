@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 from chromium_cdp import Chromium, find_chromium
-from report_home import build_home, expected_rows
-
-from storage.catalogue import Catalogue
+from report_home import expected_rows
 
 pytestmark = [pytest.mark.integration]
 
@@ -35,13 +33,8 @@ def chromium_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from workflows.report import make_report
-
-    home = build_home(tmp_path_factory.mktemp("browser home") / "home")
-    folder = home / "reports" / "quick start"  # a space: the file URL must be encoded
-    with Catalogue(home / "catalogue.db", read_only=True) as cat:
-        make_report(cat, "quickstart", folder, predictions_root=home / "predictions")
+def report(quickstart_report: tuple[Path, Path, list[Path]]) -> tuple[Path, Path]:
+    home, folder, _ = quickstart_report
     return home, folder
 
 

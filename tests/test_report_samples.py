@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from report_home import build_home
 from test_report import Page
 
 from storage.catalogue import Catalogue
@@ -30,12 +29,12 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_home(tmp_path_factory.mktemp("samples home") / "home")
+def home(quickstart_report: tuple[Path, Path, list[Path]]) -> Path:
+    return quickstart_report[0]
 
 
 def _copy(home: Path, to: Path) -> Path:
-    shutil.copytree(home, to, ignore=shutil.ignore_patterns("reports", "built", "mlflow.db"))
+    shutil.copytree(home, to, ignore=shutil.ignore_patterns("reports", "mlflow.db", "mlartifacts"))
     return to
 
 
