@@ -7,6 +7,7 @@ answers shifted with them), so the sample figures find their images."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,6 +37,39 @@ def build_home(home: Path) -> Path:
             )  # fmt: skip
             store.write(RunKey(run_id, arch, "digits", mode), "test", outputs)
     return home
+
+
+class QuickstartReport(NamedTuple):
+    """A built home and the HTML report ``make_report`` wrote for it."""
+
+    home: Path
+    folder: Path
+    files: list[Path]
+
+
+def build_report(root: Path) -> QuickstartReport:
+    """``build_home`` under ``root / "home"`` and its report in ``root / "quick start"``: beside
+    the home, whose ``reports/`` tests list, and with a space the browser's file URL must
+    encode."""
+    from storage.catalogue import Catalogue
+    from workflows.report import make_report
+
+    home = build_home(root / "home")
+    folder = root / "quick start"
+    with Catalogue(home / "catalogue.db", read_only=True) as cat:
+        files = make_report(cat, SWEEP, folder, predictions_root=home / "predictions")
+    return QuickstartReport(home, folder, files)
+
+
+def copy_home(home: Path, to: Path) -> Path:
+    """What ``build_home`` wrote (the catalogue and the predictions), copied to ``to`` for a test
+    that changes it; anything other tests added to the shared home stays behind."""
+    import shutil
+
+    to.mkdir(parents=True)
+    shutil.copy2(home / "catalogue.db", to / "catalogue.db")
+    shutil.copytree(home / "predictions", to / "predictions")
+    return to
 
 
 if __name__ == "__main__":  # pragma: no cover - a home to look at: python tests/report_home.py DIR

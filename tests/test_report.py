@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_home import expected_rows
+from report_home import QuickstartReport, expected_rows
 from typer.testing import CliRunner
 
 from sdn.early_exit import format_threshold, unmet_label
@@ -27,14 +27,13 @@ SWEEP = "quickstart"
 
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def home(quickstart_report: tuple[Path, Path, list[Path]]) -> Path:
-    return quickstart_report[0]
+def home(quickstart_report: QuickstartReport) -> Path:
+    return quickstart_report.home
 
 
 @pytest.fixture(scope="module")
-def built(quickstart_report: tuple[Path, Path, list[Path]]) -> tuple[Path, list[Path]]:
-    _, folder, files = quickstart_report
-    return folder, files
+def built(quickstart_report: QuickstartReport) -> tuple[Path, list[Path]]:
+    return quickstart_report.folder, quickstart_report.files
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from chromium_cdp import Chromium, find_chromium
-from report_home import expected_rows
+from report_home import QuickstartReport, expected_rows
 
 pytestmark = [pytest.mark.integration]
 
@@ -33,9 +33,8 @@ def chromium_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def report(quickstart_report: tuple[Path, Path, list[Path]]) -> tuple[Path, Path]:
-    home, folder, _ = quickstart_report
-    return home, folder
+def report(quickstart_report: QuickstartReport) -> tuple[Path, Path]:
+    return quickstart_report.home, quickstart_report.folder
 
 
 @pytest.fixture

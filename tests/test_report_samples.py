@@ -7,7 +7,6 @@ offline. A trained sweep with registered models draws the Grad-CAM maps in
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from report_home import QuickstartReport, copy_home
 from test_report import Page
 
 from storage.catalogue import Catalogue
@@ -29,13 +29,8 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def home(quickstart_report: tuple[Path, Path, list[Path]]) -> Path:
-    return quickstart_report[0]
-
-
-def _copy(home: Path, to: Path) -> Path:
-    shutil.copytree(home, to, ignore=shutil.ignore_patterns("reports", "mlflow.db", "mlartifacts"))
-    return to
+def home(quickstart_report: QuickstartReport) -> Path:
+    return quickstart_report.home
 
 
 def _render(home: Path, folder: Path, keys: list[str] = KEYS, tracking_uri: str | None = None):
@@ -108,7 +103,7 @@ def test_predictions_of_other_images_are_never_drawn_on_these(home, tmp_path):
     from sdn.results import Outputs
     from storage.predictions import PredictionStore, RunKey
 
-    other = _copy(home, tmp_path / "home")
+    other = copy_home(home, tmp_path / "home")
     store = PredictionStore(other / "predictions")
     run_id = f"{SWEEP}.resnet56.digits.sdn.s0"
     out = store.read_outputs(run_id, "test")
@@ -128,7 +123,7 @@ def test_predictions_of_other_images_are_never_drawn_on_these(home, tmp_path):
 def test_a_data_set_that_is_not_on_disk_is_one_note(home, tmp_path):
     """Runs on CIFAR-10 with an empty data root: the image sections say so once, the report is
     still written (no download is ever tried)."""
-    other = _copy(home, tmp_path / "home")
+    other = copy_home(home, tmp_path / "home")
     empty = tmp_path / "no data"
     empty.mkdir()
     con = sqlite3.connect(other / "catalogue.db")
@@ -172,7 +167,7 @@ def test_data_root_comes_from_the_run_then_the_sweep_spec(home, tmp_path):
     from workflows.report import samples
     from workflows.report.build import load_context
 
-    other = _copy(home, tmp_path / "home")
+    other = copy_home(home, tmp_path / "home")
     con = sqlite3.connect(other / "catalogue.db")
     with con:
         con.execute("UPDATE sweeps SET spec = ?", (json.dumps({"data": {"root": "/from/spec"}}),))
